@@ -1,0 +1,86 @@
+"""The `sharded-mix` command line: the only place in the package that prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="tokenize text files into one litdata token shard",
+        description="Tokenize .txt, .jsonl, .jsonl.gz and .parquet files (EOS appended to every document) "
+        "into a litdata token shard at BASE/SHARD_ID, e.g. data/main/1 or data/c3.",
+    )
+    p.add_argument("--input", nargs="+", required=True, type=Path, help="files or directories to read")
+    p.add_argument("--tokenizer-dir", required=True, type=Path, help="a directory litgpt's Tokenizer loads")
+    p.add_argument("--output", required=True, type=Path, help="the shard directory to write, BASE/SHARD_ID")
+    p.add_argument("--text-field", default="text", help="the field holding the text in .jsonl/.parquet rows")
+    p.add_argument("--num-workers", type=int, default=1, help="litdata optimize worker processes")
+    p.add_argument("--chunk-bytes", default="64MB", help="target size of each chunk file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing shard at --output")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from sharded_mix.prepare import prepare_shard
+
+    summary = prepare_shard(
+        inputs=args.input,
+        tokenizer_dir=args.tokenizer_dir,
+        output_dir=args.output,
+        text_field=args.text_field,
+        num_workers=args.num_workers,
+        chunk_bytes=args.chunk_bytes,
+        overwrite=args.overwrite,
+    )
+    print(summary.describe())
+    return 0
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo-data",
+        help="build the embedded demo: a BPE tokenizer and typed shards from the Python standard library",
+        description="Collect real text every Python install has (stdlib sources as code, the Python reference "
+        "docs, docstrings and licence texts as prose), train a small byte-level BPE tokenizer and write the "
+        "typed shards main/1, c1 and w1, with validation shards, under WORKDIR.",
+    )
+    p.add_argument("--workdir", type=Path, default=Path("out/demo"), help="where to write tokenizer/ and data/")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--overwrite", action="store_true", help="rebuild even if the demo data exists")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from sharded_mix.demo import build_demo
+
+    result = build_demo(workdir=args.workdir, vocab_size=args.vocab_size, overwrite=args.overwrite)
+    print(result.describe())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sharded-mix", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_prepare(subparsers)
+    _add_demo(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""``ShardedMixedDataset``: the LitGPT data module users put in their YAML."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from litgpt.data import DataModule
+from litgpt.tokenizer import Tokenizer
+from torch.utils.data import DataLoader
+
+from sharded_mix.discovery import Shard, discover_shards, resolve_shard_types
+from sharded_mix.plan import PlanRow, format_mixture_plan, mixture_rows
+from sharded_mix.stream import make_dataloader, mixture_dataset
+from sharded_mix.weights import MixSpec, load_mix_file, mix_spec_from_fields, resolve_weights
+
+logger = logging.getLogger(__name__)
+
+
+def log_rank_zero(message: str, *args) -> None:
+    if rank_zero_only.rank == 0:
+        logger.info(message, *args)
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Shards found under one base directory and the weight of each."""
+
+    base: str
+    shards: tuple[Shard, ...]
+    weights: dict[str, float]
+
+    @property
+    def sources(self) -> list[Shard]:
+        return [shard for shard in self.shards if self.weights.get(shard.id, 0) > 0]
+
+
+@dataclass
+class ShardedMixedDataset(DataModule):
+    """Typed litdata token shards under one base directory, mixed with weights you choose.
+
+    Main shards are numbered directories (``1``, ``2`` or ``main/1``), typed shards are
+    prefix + number (``c1`` code, ``m1`` math, ``w1`` web, ...). Give the blend in exactly one of
+    ``literal_weights_str``, ``mix_weights_str`` or ``mix_config_path``, optionally with
+    ``proportional_sampling`` and ``mix_temperature``.
+    """
+
+    data_path: str | Path = Path("data/")
+    """Base directory of the shards. If it holds ``train/`` (and ``val/``), those are used, as in the reference
+    layout. A single litdata directory works too (one source, id ``main``)."""
+    val_data_path: str | Path | None = None
+    """Validation data: one litdata directory, or a typed base directory mixed with the training weights.
+    Default: ``<data_path>/val``."""
+    mix_weights_str: str | None = None
+    """Weights per type, split equally across that type's shards, e.g. ``main:0.8,code:0.15,math:0.05``.
+    With ``proportional_sampling`` they are per-type multipliers of shard size."""
+    literal_weights_str: str | None = None
+    """Weights per shard id, e.g. ``main/1:0.8,q1:0.1,q2:0.1``; shards not named are left out."""
+    proportional_sampling: bool = False
+    """Weight every shard by its token count (times its type's multiplier from ``mix_weights_str``)."""
+    mix_config_path: str | Path | None = None
+    """A YAML or JSON mix file: ``{weights: {main: 0.88, math: 0.12}}`` or ``{literal_weights: {...}}``."""
+    mix_temperature: float = 1.0
+    """Sampling temperature: p ∝ w^(1/T). 1 keeps the weights; > 1 flattens them; < 1 sharpens them."""
+    shard_types: dict[str, str] | None = None
+    """Extra or renamed shard types, type name -> directory prefix, e.g. ``{legal: l, python: c}``."""
+    seed: int = 42
+    """Seed for shuffling and mixing."""
+    num_workers: int = 4
+    """DataLoader worker processes per rank."""
+    shuffle: bool = True
+    """Shuffle training blocks (validation is never shuffled)."""
+
+    batch_size: int = field(init=False, repr=False, default=1)
+    seq_length: int = field(init=False, repr=False, default=2049)
+    mix_spec: MixSpec | None = field(init=False, repr=False, default=None)
+    train_mixture: Mixture | None = field(init=False, repr=False, default=None)
+    val_mixture: Mixture | None = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        if self.data_path is None or not str(self.data_path).strip():
+            raise ValueError("data_path is empty; set it to the directory holding your shards, e.g. data_path: data/mix.")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers is {self.num_workers}; use 0 (load in the main process) or more.")
+        self.shard_types = resolve_shard_types(self.shard_types)
+        mix_config = None
+        if self.mix_config_path is not None:
+            mix_config = load_mix_file(self.mix_config_path)
+        self.mix_spec = mix_spec_from_fields(
+            literal_weights_str=self.literal_weights_str,
+            mix_weights_str=self.mix_weights_str,
+            proportional_sampling=self.proportional_sampling,
+            mix_config=mix_config,
+            mix_temperature=self.mix_temperature,
+            mix_config_origin=f"mix_config_path {str(self.mix_config_path)!r}",
+        )
+
+    def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None) -> None:
+        self.batch_size = batch_size
+        self.seq_length = (max_seq_length if max_seq_length is not None else 2048) + 1
+
+    def data_dirs(self) -> tuple[str, str | None]:
+        """The training base directory and the validation path (None if there is none)."""
+        data_path = str(self.data_path)
+        if self.val_data_path is not None:
+            return data_path, str(self.val_data_path)
+        reference_train, reference_val = os.path.join(data_path, "train"), os.path.join(data_path, "val")
+        if os.path.isdir(reference_train):
+            return reference_train, reference_val if os.path.isdir(reference_val) else None
+        return data_path, None
+
+    def _mixture(self, base: str, field_name: str) -> Mixture:
+        shards = discover_shards(base, self.shard_types, field=field_name)
+        if len(shards) == 1 and shards[0].path == base:
+            weights = {shards[0].id: 1.0}  # a plain litdata directory, not a typed base
+        else:
+            try:
+                weights = resolve_weights(self.mix_spec, shards, list(self.shard_types))
+            except ValueError as err:
+                raise ValueError(f"{field_name} {base!r}: {err}") from None
+        mixture = Mixture(base=base, shards=tuple(shards), weights=weights)
+        for shard in mixture.sources:
+            if shard.blocks(self.seq_length) < 1:
+                raise ValueError(
+                    f"{field_name} {base!r}: shard {shard.id!r} ({shard.path}) has {shard.tokens:,} tokens in "
+                    f"{shard.chunks} chunk(s), no chunk holding one block of max_seq_length + 1 = {self.seq_length} "
+                    "tokens; lower train.max_seq_length, give the shard weight 0, or re-prepare it with larger chunks."
+                )
+        return mixture
+
+    def setup(self, stage: str = "") -> None:
+        """Discover shards, resolve weights, check them, and log the plan (rank zero)."""
+        train_base, val_base = self.data_dirs()
+        if val_base is None:
+            raise ValueError(
+                f"val_data_path is not set and {os.path.join(str(self.data_path), 'val')!r} does not exist; set "
+                "val_data_path to a litdata directory or a typed base directory of validation shards, or use the "
+                "layout <data_path>/train + <data_path>/val."
+            )
+        self.train_mixture = self._mixture(train_base, "data_path")
+        self.val_mixture = self._mixture(val_base, "val_data_path")
+        dtypes = {(f"{label}{shard.id}", shard.dtype)
+                  for label, mixture in (("", self.train_mixture), ("val:", self.val_mixture))
+                  for shard in mixture.sources}
+        if len({dtype for _, dtype in dtypes}) > 1:
+            listing = ", ".join(f"{shard_id}={dtype}" for shard_id, dtype in sorted(dtypes))
+            raise ValueError(
+                f"data_path {train_base!r}: the shards in the blend have different token dtypes ({listing}); "
+                "re-prepare them with one tokenizer (same vocabulary size) so they share a dtype."
+            )
+        details = (
+            f"mode={self.mix_spec.mode} from {self.mix_spec.origin}, temperature={self.mix_spec.temperature:g}, "
+            f"seed={self.seed}, block={self.seq_length} tokens"
+        )
+        log_rank_zero("%s", format_mixture_plan(self.plan_rows(), f"train {train_base}", details))
+        log_rank_zero("Validation data: %s (%d sources)", val_base, len(self.val_mixture.sources))
+
+    def plan_rows(self) -> list[PlanRow]:
+        """The training mixture as rows (id, type, tokens, weight, blocks, path); call after ``setup``."""
+        mixture = self._require_setup()
+        return mixture_rows(mixture.shards, mixture.weights, self.seq_length)
+
+    def _require_setup(self) -> Mixture:
+        if self.train_mixture is None:
+            raise RuntimeError("call connect(...) and setup() before asking for data loaders or the plan.")
+        return self.train_mixture
+
+    def train_dataloader(self) -> DataLoader:
+        mixture = self._require_setup()
+        dataset = mixture_dataset(mixture.shards, mixture.weights, self.seq_length, self.shuffle, self.seed)
+        return make_dataloader(dataset, self.batch_size, self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        self._require_setup()
+        mixture = self.val_mixture
+        dataset = mixture_dataset(mixture.shards, mixture.weights, self.seq_length, shuffle=False, seed=self.seed)
+        return make_dataloader(dataset, self.batch_size, self.num_workers)

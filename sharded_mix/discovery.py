@@ -1,0 +1,218 @@
+"""Find typed litdata token shards under a base directory.
+
+Layout rules (see README, "Shard layout"):
+- main shards are numbered directories directly under the base (``1``, ``2``) or under
+  ``main/`` (``main/1``); their id is ``main/<n>``;
+- typed shards are named prefix + number (``c1``, ``m3``, ``w12``); their id is the name;
+- a shard is any such directory holding litdata's ``index.json``.
+
+Naming is pure (``classify_shard_name``); reading is one listing plus one ``index.json``
+read per shard (``discover_shards``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MAIN_TYPE = "main"
+INDEX_FILE = "index.json"
+
+DEFAULT_SHARD_TYPES: dict[str, str] = {
+    "code": "c",
+    "math": "m",
+    "instruct": "i",
+    "qa": "q",
+    "books": "b",
+    "news": "n",
+    "papers": "p",
+    "web": "w",
+}
+"""Typed shard prefixes (type name -> directory prefix). ``main`` has no prefix."""
+
+_TYPED_NAME = re.compile(r"^([A-Za-z_]+)(\d+)$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One litdata token shard: a mixture source."""
+
+    id: str
+    type: str
+    path: str
+    tokens: int
+    documents: int
+    chunk_tokens: tuple[int, ...]
+    dtype: str
+
+    @property
+    def chunks(self) -> int:
+        return len(self.chunk_tokens)
+
+    def blocks(self, block_size: int) -> int:
+        """Blocks litdata's ``TokensLoader`` cuts from this shard (blocks never span chunks)."""
+        return sum(tokens // block_size for tokens in self.chunk_tokens)
+
+
+def resolve_shard_types(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The default types with user ``overrides`` (type name -> prefix) merged in.
+
+    A new name for an existing prefix renames that type; a new prefix adds a type.
+    """
+    types = dict(DEFAULT_SHARD_TYPES)
+    for name, prefix in (overrides or {}).items():
+        if not isinstance(name, str) or not name or name == MAIN_TYPE:
+            raise ValueError(
+                f"shard_types: type name {name!r} is not allowed; use a non-empty name other than 'main'."
+            )
+        if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z_]+", prefix):
+            raise ValueError(
+                f"shard_types: prefix {prefix!r} for type {name!r} must be letters only, e.g. {{{name}: x}} "
+                f"for directories x1, x2, ..."
+            )
+        for old_name in [n for n, p in types.items() if p == prefix]:
+            del types[old_name]
+        types[name] = prefix
+    return types
+
+
+def classify_shard_name(name: str, shard_types: Mapping[str, str], under_main: bool = False) -> tuple[str, str] | None:
+    """Map a directory name to ``(shard id, type)``, or ``None`` if it is not a shard name."""
+    if name.isdigit():
+        return f"{MAIN_TYPE}/{int(name)}", MAIN_TYPE
+    if under_main:
+        return None
+    match = _TYPED_NAME.match(name)
+    if match is None:
+        return None
+    prefix_to_type = {prefix: type_name for type_name, prefix in shard_types.items()}
+    type_name = prefix_to_type.get(match.group(1))
+    return (name, type_name) if type_name else None
+
+
+def _natural_key(shard_id: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", shard_id))
+
+
+def read_index(path: str | Path) -> dict:
+    """Load a shard's ``index.json``; ``ValueError`` if it is missing or not litdata's format."""
+    index_path = Path(path) / INDEX_FILE
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"shard {str(path)!r}: cannot read {INDEX_FILE} ({err}); re-run `sharded-mix prepare`.") from err
+    if not isinstance(index.get("chunks"), list) or "config" not in index:
+        raise ValueError(f"shard {str(path)!r}: {index_path} is not a litdata index (no 'chunks'/'config').")
+    return index
+
+
+def index_token_dtype(index: dict) -> str:
+    """The token dtype a litdata token shard was written with, e.g. ``'uint16'``."""
+    from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING
+
+    formats = index["config"].get("data_format") or ["?"]
+    kind, _, code = str(formats[0]).partition(":")
+    mapping = _TORCH_DTYPES_MAPPING if "tensor" in kind else _NUMPY_DTYPES_MAPPING if "numpy" in kind else {}
+    dtype = mapping.get(int(code)) if code.isdigit() else None
+    return str(dtype).removeprefix("torch.") if dtype is not None else str(formats[0])
+
+
+def shard_from_index(shard_id: str, type_name: str, path: str | Path, index: dict) -> Shard:
+    """Build a ``Shard`` from its parsed ``index.json``: token counts are the chunks' ``dim``."""
+    chunks = index["chunks"]
+    if any(chunk.get("dim") is None for chunk in chunks):
+        raise ValueError(
+            f"shard {shard_id!r} at {str(path)!r} is not a token shard (its chunks have no 'dim'); "
+            "write it with litdata optimize(item_loader=TokensLoader()) or `sharded-mix prepare`."
+        )
+    chunk_tokens = tuple(int(chunk["dim"]) for chunk in chunks)
+    return Shard(
+        id=shard_id,
+        type=type_name,
+        path=str(path),
+        tokens=sum(chunk_tokens),
+        documents=sum(int(chunk.get("chunk_size") or 0) for chunk in chunks),
+        chunk_tokens=chunk_tokens,
+        dtype=index_token_dtype(index),
+    )
+
+
+def _subdirs(path: str) -> list[str]:
+    try:
+        return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def _has_index(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, INDEX_FILE))
+
+
+def find_shard_dirs(base: str | Path, shard_types: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """List ``(shard id, type, path)`` of every shard under ``base``, sorted by id."""
+    base = str(base)
+    if _has_index(base):
+        return [(MAIN_TYPE, MAIN_TYPE, base)]
+    found: dict[str, tuple[str, str, str]] = {}
+    ignored = []
+
+    def add(shard_id: str, type_name: str, path: str) -> None:
+        if shard_id in found:
+            raise ValueError(
+                f"data_path {base!r}: shard {shard_id!r} exists both as {found[shard_id][2]!r} and {path!r}; "
+                "keep one of them."
+            )
+        found[shard_id] = (shard_id, type_name, path)
+
+    for name in _subdirs(base):
+        path = os.path.join(base, name)
+        if name == MAIN_TYPE:
+            for sub in _subdirs(path):
+                classified = classify_shard_name(sub, shard_types, under_main=True)
+                if classified and _has_index(os.path.join(path, sub)):
+                    add(*classified, os.path.join(path, sub))
+            continue
+        classified = classify_shard_name(name, shard_types)
+        if classified is None:
+            if _has_index(path):
+                ignored.append(name)
+        elif _has_index(path):
+            add(*classified, path)
+    if ignored:
+        logger.warning(
+            "Ignoring litdata directories with no known type prefix under %s: %s (add them with shard_types, "
+            "e.g. {legal: l} for l1, l2, ...)",
+            base,
+            ", ".join(ignored),
+        )
+    return [found[key] for key in sorted(found, key=_natural_key)]
+
+
+def describe_layout(shard_types: Mapping[str, str]) -> str:
+    """Human text of what discovery looks for, for error messages."""
+    typed = ", ".join(f"{prefix}1 ({name})" for name, prefix in shard_types.items())
+    return f"numbered dirs 1, 2, ... or main/1, main/2, ... and typed dirs {typed}, each holding {INDEX_FILE}"
+
+
+def discover_shards(base: str | Path, shard_types: Mapping[str, str] | None = None, field: str = "data_path") -> list[Shard]:
+    """Every shard under ``base`` with its token counts read from ``index.json``."""
+    types = resolve_shard_types(shard_types)
+    if not base or not str(base).strip():
+        raise ValueError(f"{field} is empty; set it to the directory holding your shards, e.g. {field}: data/mix.")
+    if not os.path.isdir(base):
+        raise ValueError(f"{field} {str(base)!r} does not exist or is not a directory; point it at your shards' base directory.")
+    found = find_shard_dirs(base, types)
+    if not found:
+        raise ValueError(
+            f"{field} {str(base)!r}: no shards found. Looked for {describe_layout(types)}. "
+            "Prepare shards with `sharded-mix prepare`, or add your prefixes with shard_types."
+        )
+    return [shard_from_index(shard_id, type_name, path, read_index(path)) for shard_id, type_name, path in found]

@@ -1,0 +1,60 @@
+"""Tiny litdata token shards built in-process, whose tokens say where they came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from litdata.streaming.writer import BinaryWriter
+from litdata import TokensLoader
+
+SOURCE_STRIDE = 10**7
+"""Token = source number × SOURCE_STRIDE + position, so every block names its source and offset."""
+
+
+def encoded_tokens(source: int, count: int, start: int = 0) -> np.ndarray:
+    return source * SOURCE_STRIDE + np.arange(start, start + count, dtype=np.int64)
+
+
+def write_token_shard(
+    path: str | Path,
+    documents: list[np.ndarray] | np.ndarray,
+    chunk_bytes: int = 4096,
+    dtype: torch.dtype = torch.int32,
+) -> Path:
+    """Write ``documents`` (arrays of token ids) as a litdata token shard at ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if isinstance(documents, np.ndarray):
+        documents = [documents]
+    writer = BinaryWriter(str(path), chunk_bytes=chunk_bytes, item_loader=TokensLoader())
+    for index, document in enumerate(documents):
+        writer[index] = torch.as_tensor(np.asarray(document), dtype=dtype)
+    writer.done()
+    writer.merge()
+    return path
+
+
+def write_source(base: str | Path, shard_dir: str, source: int, tokens: int, doc_tokens: int = 100, **kwargs) -> Path:
+    """A shard of ``tokens`` encoded tokens of ``source``, split into documents of ``doc_tokens``."""
+    all_tokens = encoded_tokens(source, tokens)
+    documents = [all_tokens[i : i + doc_tokens] for i in range(0, tokens, doc_tokens)]
+    return write_token_shard(Path(base) / shard_dir, documents, **kwargs)
+
+
+def source_of(block: torch.Tensor) -> int:
+    return int(block[0]) // SOURCE_STRIDE
+
+
+@pytest.fixture
+def reference_layout(tmp_path: Path) -> Path:
+    """The reference layout: numbered main shards directly under the base, plus c1, m1, q1, q2."""
+    base = tmp_path / "data"
+    for number, (shard_dir, tokens) in enumerate(
+        [("1", 3000), ("2", 2000), ("c1", 1500), ("m1", 1200), ("q1", 800), ("q2", 600)], start=1
+    ):
+        write_source(base, shard_dir, number, tokens)
+    return base
+
