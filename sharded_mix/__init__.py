@@ -1,10 +1,7 @@
 """sharded_mix: a LitGPT data module for typed, sharded, mixed litdata token shards."""
 
+import importlib
 import logging
-
-from sharded_mix.datamodule import ShardedMixedDataset
-from sharded_mix.discovery import DEFAULT_SHARD_TYPES, Shard, discover_shards
-from sharded_mix.weights import MixSpec, mix_spec_from_fields, resolve_weights
 
 # `litgpt pretrain` configures no logging; like Lightning, show our INFO lines (plans, transitions) anyway.
 _logger = logging.getLogger(__name__)
@@ -15,12 +12,20 @@ if not _logger.handlers:
     _logger.setLevel(logging.INFO)
     _logger.propagate = False
 
-__all__ = [
-    "DEFAULT_SHARD_TYPES",
-    "MixSpec",
-    "Shard",
-    "ShardedMixedDataset",
-    "discover_shards",
-    "mix_spec_from_fields",
-    "resolve_weights",
-]
+# Exports load on first use, so that data-preparation workers do not import lightning.
+_EXPORTS = {
+    "ShardedMixedDataset": "sharded_mix.datamodule",
+    "DEFAULT_SHARD_TYPES": "sharded_mix.discovery",
+    "Shard": "sharded_mix.discovery",
+    "discover_shards": "sharded_mix.discovery",
+    "MixSpec": "sharded_mix.weights",
+    "mix_spec_from_fields": "sharded_mix.weights",
+    "resolve_weights": "sharded_mix.weights",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sharded_mix' has no attribute {name!r}")

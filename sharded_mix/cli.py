@@ -28,6 +28,8 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
 def _run_prepare(args: argparse.Namespace) -> int:
     from sharded_mix.prepare import prepare_shard
 
+    if not args.verbose:  # litdata logs cache sizing and the like at INFO
+        logging.getLogger("litdata").setLevel(logging.WARNING)
     summary = prepare_shard(
         inputs=args.input,
         tokenizer_dir=args.tokenizer_dir,
@@ -58,6 +60,8 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from sharded_mix.demo import build_demo
 
+    if not args.verbose:  # litdata logs cache sizing and the like at INFO
+        logging.getLogger("litdata").setLevel(logging.WARNING)
     result = build_demo(workdir=args.workdir, vocab_size=args.vocab_size, overwrite=args.overwrite)
     print(result.describe())
     return 0
