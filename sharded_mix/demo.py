@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sharded_mix.discovery import read_index
+from sharded_mix.discovery import read_index, shard_from_index
 from sharded_mix.prepare import PrepareSummary, load_tokenizer, prepare_shard
 
 logger = logging.getLogger(__name__)
@@ -357,16 +357,8 @@ def _prepare(staging: Path, tokenizer_dir: Path, output: Path, chunk_bytes: int,
 
 def _summary_shard(data_dir: Path, kind: str, split: str) -> DemoShard:
     path = _shard_path(data_dir, kind, split)
-    chunks = read_index(path)["chunks"]
-    return DemoShard(
-        split=split,
-        kind=kind,
-        shard_id=SHARD_IDS[kind],
-        path=path,
-        documents=sum(int(c["chunk_size"]) for c in chunks),
-        tokens=sum(int(c["dim"]) for c in chunks),
-        chunks=len(chunks),
-    )
+    shard = shard_from_index(SHARD_IDS[kind], kind, path, read_index(path))
+    return DemoShard(split, kind, shard.id, path, shard.documents, shard.tokens, shard.chunks)
 
 
 def _marker_path(workdir: Path) -> Path:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from sharded_mix.discovery import read_index
+from sharded_mix.discovery import read_index, shard_from_index
 
 logger = logging.getLogger(__name__)
 
@@ -418,16 +418,9 @@ def prepare_shard(
     except BaseException:
         shutil.rmtree(output_dir, ignore_errors=True)
         raise
-    return _summarize(output_dir, dtype, time.perf_counter() - start)
+    return _summarize(output_dir, time.perf_counter() - start)
 
 
-def _summarize(output_dir: Path, dtype: torch.dtype, seconds: float) -> PrepareSummary:
-    chunks = read_index(output_dir)["chunks"]
-    return PrepareSummary(
-        output_dir=output_dir,
-        documents=sum(int(chunk["chunk_size"]) for chunk in chunks),
-        tokens=sum(int(chunk["dim"] or 0) for chunk in chunks),
-        chunks=len(chunks),
-        dtype=str(dtype).removeprefix("torch."),
-        seconds=seconds,
-    )
+def _summarize(output_dir: Path, seconds: float) -> PrepareSummary:
+    shard = shard_from_index(output_dir.name, "", output_dir, read_index(output_dir))
+    return PrepareSummary(output_dir, shard.documents, shard.tokens, shard.chunks, shard.dtype, seconds)

@@ -14,6 +14,7 @@ from litdata import StreamingDataset, TokensLoader
 from litgpt.tokenizer import Tokenizer
 
 from sharded_mix.cli import main
+from sharded_mix.demo import train_tokenizer
 from sharded_mix.discovery import read_index
 from sharded_mix.prepare import (
     iter_documents,
@@ -35,28 +36,15 @@ DOCS = [
 ]
 
 
-def write_tokenizer(directory: Path, vocab_size: int = 320, eos: str | None = EOS) -> Path:
-    """A tiny byte-level BPE trained on a few hundred short strings, saved as litgpt loads it."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    tokenizer = HFTokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+def write_tokenizer(directory: Path, vocab_size: int = 320, eos: bool = True) -> Path:
+    """A tiny byte-level BPE (the demo's trainer) on a few hundred short strings, saved as litgpt loads it."""
     corpus = [f"sample {i}: the quick brown fox {i * 7 % 13} jumps; return a + b" for i in range(300)]
-    tokenizer.train_from_iterator(corpus + DOCS, trainer=trainer)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(directory / "tokenizer.json"))
-    config = {"add_bos_token": False, "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512}
-    if eos is not None:
-        config["eos_token"] = eos
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    train_tokenizer(corpus + DOCS, vocab_size, directory)
+    if not eos:
+        config_path = directory / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        del config["eos_token"]
+        config_path.write_text(json.dumps(config))
     return directory
 
 
@@ -205,7 +193,7 @@ def test_token_dtype_and_vocab(tokenizer: Tokenizer) -> None:
 
 
 def test_tokenizer_without_eos_is_refused(tmp_path: Path) -> None:
-    no_eos = write_tokenizer(tmp_path / "no_eos", eos=None)
+    no_eos = write_tokenizer(tmp_path / "no_eos", eos=False)
     with pytest.raises(ValueError, match="has no EOS token; set 'eos_token'"):
         load_tokenizer(no_eos)
     with pytest.raises(ValueError, match="not a directory"):
