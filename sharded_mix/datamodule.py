@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from sharded_mix.discovery import Shard, discover_shards, resolve_shard_types
 from sharded_mix.plan import PlanRow, format_mixture_plan, mixture_rows
-from sharded_mix.stream import make_dataloader, mixture_dataset
+from sharded_mix.stream import mixture_loader, validation_loader
 from sharded_mix.weights import MixSpec, load_mix_file, mix_spec_from_fields, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class ShardedMixedDataset(DataModule):
     """DataLoader worker processes per rank."""
     shuffle: bool = True
     """Shuffle training blocks (validation is never shuffled)."""
+    max_epochs_per_source: int | None = None
+    """Stop with an error when a source would start more passes than this (default: no limit)."""
 
     batch_size: int = field(init=False, repr=False, default=1)
     seq_length: int = field(init=False, repr=False, default=2049)
@@ -171,11 +173,18 @@ class ShardedMixedDataset(DataModule):
 
     def train_dataloader(self) -> DataLoader:
         mixture = self._require_setup()
-        dataset = mixture_dataset(mixture.shards, mixture.weights, self.seq_length, self.shuffle, self.seed)
-        return make_dataloader(dataset, self.batch_size, self.num_workers)
+        return mixture_loader(
+            mixture.shards,
+            mixture.weights,
+            self.seq_length,
+            self.batch_size,
+            self.seed,
+            self.shuffle,
+            self.num_workers,
+            self.max_epochs_per_source,
+        )
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()
         mixture = self.val_mixture
-        dataset = mixture_dataset(mixture.shards, mixture.weights, self.seq_length, shuffle=False, seed=self.seed)
-        return make_dataloader(dataset, self.batch_size, self.num_workers)
+        return validation_loader(mixture.shards, mixture.weights, self.seq_length, self.batch_size, self.seed, self.num_workers)
