@@ -133,20 +133,20 @@ class MixtureLoader(DataLoader):
 
     def _check_epochs(self, previous: dict[str, int]) -> None:
         stream: MixtureStream = self.dataset
-        for source, epoch in self.epochs().items():
-            if epoch == previous[source]:
-                continue
-            previous[source] = epoch
+        for source, draws in global_draws(self.position, stream.world_size).items():
             shard = stream.shards[source]
-            if self.max_epochs_per_source is not None and epoch >= self.max_epochs_per_source:
-                asked = global_draws(self.position, stream.world_size)[source] * stream.block_size
+            blocks = shard.blocks(stream.block_size)
+            if self.max_epochs_per_source is not None and draws > self.max_epochs_per_source * blocks:
                 raise ValueError(
                     f"max_epochs_per_source={self.max_epochs_per_source}: source {source!r} ({shard.path}) holds "
-                    f"{shard.blocks(stream.block_size):,} blocks ({shard.tokens:,} tokens) and the run has asked "
-                    f"{asked:,} tokens of it ({epoch} full passes); lower its weight, add data, or raise the limit."
+                    f"{blocks:,} blocks ({shard.tokens:,} tokens) and the run has asked {draws * stream.block_size:,} "
+                    "tokens of it; lower its weight, add data, or raise max_epochs_per_source."
                 )
-            if rank_zero_only.rank == 0:
-                logger.info("source %s finished epoch %d; starting epoch %d, reshuffled", source, epoch, epoch + 1)
+            epoch = draws // blocks
+            if epoch != previous[source]:
+                previous[source] = epoch
+                if rank_zero_only.rank == 0:
+                    logger.info("source %s finished epoch %d; starting epoch %d, reshuffled", source, epoch, epoch + 1)
 
     def state_dict(self) -> dict:
         stream: MixtureStream = self.dataset
