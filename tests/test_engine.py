@@ -156,3 +156,20 @@ def test_two_ranks_get_disjoint_samples_and_follow_the_blend(scenario, tmp_path)
     assert len(main) == len(set(main)) == 120 and len(math) == 80  # 200 samples, 0.6 / 0.4
     assert len(set(math[:40]) & set(math[40:])) == 0  # both ranks' m1 draws are one epoch, disjoint
     assert set(per_rank[0]).isdisjoint(per_rank[1])
+
+
+def test_a_source_smaller_than_ranks_times_workers_still_streams(tmp_path):
+    from sharded_mix.discovery import discover_shards
+    from sharded_mix.stream import MixtureLoader, MixtureStream
+
+    write_source(tmp_path, "1", 1, 40 * BLOCK, doc_tokens=BLOCK)
+    write_source(tmp_path, "q1", 2, 2 * BLOCK, doc_tokens=BLOCK)  # 2 blocks for 4 ranks × 2 workers
+    shards = discover_shards(tmp_path)
+    seen = []
+    for rank in range(4):
+        stream = MixtureStream(shards, {"main/1": 0.5, "q1": 0.5}, BLOCK, 2, seed=0, shuffle=True, rank=rank, world_size=4)
+        seen.append(block_ids(take(MixtureLoader(stream, num_workers=2), 4)))
+    small = [offset for ids in seen for source, offset in ids if source == 2]
+    assert len(small) == 16 and Counter(small) == {0: 8, BLOCK: 8}  # 8 epochs of its 2 blocks
+    main = [offset for ids in seen for source, offset in ids if source == 1]
+    assert len(set(main)) == len(main) == 16
