@@ -30,20 +30,22 @@ class Blender:
         self.position = int(position)
         if sum(self.taken) != self.position:
             raise ValueError(f"blend state is inconsistent: position {self.position} but {sum(self.taken)} samples taken.")
+        self._slack = 1.0 - 1.0 / (2 * len(self.weights) - 2) if len(self.weights) > 1 else 0.0
+        self._inverse = [1.0 / weight for weight in self.weights]
 
     def next_index(self) -> int:
         """Advance one sample; the index (into ``ids``) of its source."""
         horizon = self.position + 1
-        slack = 1.0 - 1.0 / (2 * len(self.weights) - 2) if len(self.weights) > 1 else 0.0
-        best, best_deadline = 0, None
+        slack, taken, inverse = self._slack, self.taken, self._inverse
+        ceiling = slack + 1e-9 - 1
+        best, best_deadline = 0, float("inf")
         for index, weight in enumerate(self.weights):
-            taken = self.taken[index]
-            if taken + 1 - weight * horizon > slack + 1e-9:
-                continue  # it would run ahead of its share
-            deadline = (taken + slack) / weight
-            if best_deadline is None or deadline < best_deadline:
-                best, best_deadline = index, deadline
-        self.taken[best] += 1
+            count = taken[index]
+            if count - weight * horizon <= ceiling:  # else it would run ahead of its share
+                deadline = (count + slack) * inverse[index]
+                if deadline < best_deadline:
+                    best, best_deadline = index, deadline
+        taken[best] += 1
         self.position = horizon
         return best
 

@@ -117,36 +117,33 @@ class MixtureLoader(DataLoader):
         stream: MixtureStream = self.dataset
         stream.position = self.position
         tracker = stream.blender()
-        epochs = self.epochs()
+        blocks = [stream.shards[source].blocks(stream.block_size) for source in tracker.ids]
+        base = [self.position["base_draws"][source] - self.position["base_taken"][source] * stream.world_size for source in tracker.ids]
+        next_wrap = [(base[i] + taken * stream.world_size) // blocks[i] * blocks[i] + blocks[i] for i, taken in enumerate(tracker.taken)]
         for batch in super().__iter__():
             for _ in range(stream.batch_size):
-                tracker.next_index()
+                index = tracker.next_index()
+                draws = base[index] + tracker.taken[index] * stream.world_size
+                if draws > next_wrap[index]:
+                    next_wrap[index] = (draws - 1) // blocks[index] * blocks[index] + blocks[index]
+                    self._source_wrapped(tracker.ids[index], draws)
             self.position = {**self.position, "samples": tracker.position, "taken": dict(zip(tracker.ids, tracker.taken))}
-            self._check_epochs(epochs)
             yield batch
 
-    def epochs(self) -> dict[str, int]:
-        """Completed epochs per source."""
+    def _source_wrapped(self, source: str, draws: int) -> None:
+        """``source`` has been asked for ``draws`` blocks (over all ranks), reaching into a new epoch."""
         stream: MixtureStream = self.dataset
-        draws = global_draws(self.position, stream.world_size)
-        return {source: draws[source] // stream.shards[source].blocks(stream.block_size) for source in draws}
-
-    def _check_epochs(self, previous: dict[str, int]) -> None:
-        stream: MixtureStream = self.dataset
-        for source, draws in global_draws(self.position, stream.world_size).items():
-            shard = stream.shards[source]
-            blocks = shard.blocks(stream.block_size)
-            if self.max_epochs_per_source is not None and draws > self.max_epochs_per_source * blocks:
-                raise ValueError(
-                    f"max_epochs_per_source={self.max_epochs_per_source}: source {source!r} ({shard.path}) holds "
-                    f"{blocks:,} blocks ({shard.tokens:,} tokens) and the run has asked {draws * stream.block_size:,} "
-                    "tokens of it; lower its weight, add data, or raise max_epochs_per_source."
-                )
-            epoch = draws // blocks
-            if epoch != previous[source]:
-                previous[source] = epoch
-                if rank_zero_only.rank == 0:
-                    logger.info("source %s finished epoch %d; starting epoch %d, reshuffled", source, epoch, epoch + 1)
+        shard = stream.shards[source]
+        blocks = shard.blocks(stream.block_size)
+        epoch = (draws - 1) // blocks
+        if self.max_epochs_per_source is not None and epoch >= self.max_epochs_per_source:
+            raise ValueError(
+                f"max_epochs_per_source={self.max_epochs_per_source}: source {source!r} ({shard.path}) holds "
+                f"{blocks:,} blocks ({shard.tokens:,} tokens) and the run has asked {draws * stream.block_size:,} "
+                "tokens of it; lower its weight, add data, or raise max_epochs_per_source."
+            )
+        if rank_zero_only.rank == 0:
+            logger.info("source %s finished epoch %d; starting epoch %d, reshuffled", source, epoch, epoch + 1)
 
     def state_dict(self) -> dict:
         stream: MixtureStream = self.dataset
