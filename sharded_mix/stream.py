@@ -183,6 +183,11 @@ class MixtureLoader(DataLoader):
                 f"the checkpoint's blend {state['weights']} differs from this run's {stream.weights}; "
                 "resume with the same blend."
             )
+        if state["seed"] != stream.seed:
+            raise ValueError(
+                f"the checkpoint's data seed is {state['seed']}, this run's is {stream.seed}; a new seed would reorder "
+                "the sources' current epochs. Resume with seed: " + str(state["seed"]) + "."
+            )
         if state["world_size"] != stream.world_size and rank_zero_only.rank == 0:
             logger.info("resuming data on %d ranks (the checkpoint ran on %d)", stream.world_size, state["world_size"])
         self.position = {

@@ -173,3 +173,18 @@ def test_a_source_smaller_than_ranks_times_workers_still_streams(tmp_path):
     assert len(small) == 16 and Counter(small) == {0: 8, BLOCK: 8}  # 8 epochs of its 2 blocks
     main = [offset for ids in seen for source, offset in ids if source == 1]
     assert len(set(main)) == len(main) == 16
+
+
+def test_resuming_with_another_blend_or_seed_is_refused(scenario):
+    loader = make(scenario, batch_size=10, literal_weights_str="main/1:0.6,m1:0.4").train_dataloader()
+    take(loader, 3)
+    state = loader.state_dict()
+    with pytest.raises(ValueError, match="differs from this run's"):
+        make(scenario, batch_size=10, literal_weights_str="main/1:0.5,m1:0.5").train_dataloader().load_state_dict(state)
+    with pytest.raises(ValueError, match="data seed is 42, this run's is 7"):
+        make(scenario, batch_size=10, literal_weights_str="main/1:0.6,m1:0.4", seed=7).train_dataloader().load_state_dict(state)
+    with pytest.raises(ValueError, match="blocks of 16 tokens, this run asks for 32"):
+        data = ShardedMixedDataset(data_path=scenario, val_data_path=scenario / "main" / "1", num_workers=0, literal_weights_str="main/1:0.6,m1:0.4")
+        data.connect(batch_size=10, max_seq_length=31)
+        data.setup()
+        data.train_dataloader().load_state_dict(state)
