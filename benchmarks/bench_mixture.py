@@ -51,10 +51,10 @@ if str(REPO) not in sys.path:
 import litdata  # noqa: E402
 from litdata import TokensLoader  # noqa: E402
 from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset  # noqa: E402
-from litdata.streaming.writer import BinaryWriter  # noqa: E402
 
 from sharded_mix.blend import Blender  # noqa: E402
 from sharded_mix.discovery import DEFAULT_SHARD_TYPES, Shard, discover_shards  # noqa: E402
+from sharded_mix.prepare import write_token_shard  # noqa: E402
 from sharded_mix.stream import mixture_loader  # noqa: E402
 from sharded_mix.weights import mix_spec_from_fields, resolve_weights  # noqa: E402
 
@@ -80,17 +80,6 @@ def log(message: str = "") -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def write_token_shard(path: Path, documents: list[np.ndarray], chunk_bytes: int, dtype: torch.dtype = torch.uint16) -> Path:
-    """Write ``documents`` (arrays of token ids) as a litdata token shard at ``path`` (as tests/conftest.py does)."""
-    path.mkdir(parents=True, exist_ok=True)
-    writer = BinaryWriter(str(path), chunk_bytes=chunk_bytes, item_loader=TokensLoader())
-    for index, document in enumerate(documents):
-        writer[index] = torch.as_tensor(np.asarray(document), dtype=dtype)
-    writer.done()
-    writer.merge()
-    return path
-
-
 def random_documents(rng: np.random.Generator, tokens: int, min_len: int = 200, max_len: int = 8000) -> list[np.ndarray]:
     """``tokens`` random uint16 token ids cut into documents of random length."""
     ids = rng.integers(0, VOCAB, size=tokens, dtype=np.uint16)
@@ -110,7 +99,7 @@ def build_mix(base: Path, tokens_per_source: int, chunk_bytes: int, seed: int) -
     shutil.rmtree(base, ignore_errors=True)
     for number, name in enumerate(sorted(MIX)):
         rng = np.random.default_rng([seed, number])
-        write_token_shard(base / name, random_documents(rng, tokens_per_source), chunk_bytes)
+        write_token_shard(base / name, random_documents(rng, tokens_per_source), chunk_bytes, torch.uint16)
     meta_path.write_text(json.dumps(meta))
 
 
@@ -136,7 +125,7 @@ def build_many(base: Path, count: int, block_size: int, seed: int) -> None:
     rng = np.random.default_rng([seed, count])
     for name in type_plan(count):
         docs = [rng.integers(0, VOCAB, size=block_size + 50, dtype=np.uint16) for _ in range(2)]
-        write_token_shard(base / name, docs, chunk_bytes=1 << 20)
+        write_token_shard(base / name, docs, chunk_bytes=1 << 20, dtype=torch.uint16)
     meta_path.write_text(json.dumps(meta))
 
 
@@ -617,7 +606,7 @@ def main(argv=None) -> dict:
         build_many_val = not (val / "index.json").is_file()
         if build_many_val:
             rng = np.random.default_rng(args.seed)
-            write_token_shard(val, [rng.integers(0, VOCAB, size=args.block_size * 2, dtype=np.uint16)], chunk_bytes=1 << 20)
+            write_token_shard(val, [rng.integers(0, VOCAB, size=args.block_size * 2, dtype=np.uint16)], chunk_bytes=1 << 20, dtype=torch.uint16)
         startup: dict = {}
         for n in args.shard_counts:
             base = root / f"many-{n}"

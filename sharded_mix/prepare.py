@@ -421,6 +421,30 @@ def prepare_shard(
     return _summarize(output_dir, time.perf_counter() - start)
 
 
+def write_token_shard(
+    path: str | Path, documents: Sequence, chunk_bytes: int | str = "64MB", dtype: torch.dtype = torch.int32
+) -> Path:
+    """Write ``documents`` (arrays of token ids; one array = one document) as a litdata token shard at ``path``.
+
+    Runs in this process. For token ids you already have (tests, benchmarks, converted corpora); text goes
+    through ``prepare_shard``.
+    """
+    import numpy as np
+    from litdata import TokensLoader
+    from litdata.streaming.writer import BinaryWriter
+
+    if isinstance(documents, np.ndarray) and documents.ndim == 1:
+        documents = [documents]
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    writer = BinaryWriter(str(path), chunk_bytes=chunk_bytes, item_loader=TokensLoader())
+    for index, document in enumerate(documents):
+        writer[index] = torch.as_tensor(np.asarray(document), dtype=dtype)
+    writer.done()
+    writer.merge()
+    return path
+
+
 def _summarize(output_dir: Path, seconds: float) -> PrepareSummary:
     shard = shard_from_index(output_dir.name, "", output_dir, read_index(output_dir))
     return PrepareSummary(output_dir, shard.documents, shard.tokens, shard.chunks, shard.dtype, seconds)

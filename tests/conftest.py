@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from litdata.streaming.writer import BinaryWriter
-from litdata import TokensLoader
+
+from sharded_mix import prepare
 
 SOURCE_STRIDE = 10**7
 """Token = source number × SOURCE_STRIDE + position, so every block names its source and offset."""
 
 
+write_token_shard = functools.partial(prepare.write_token_shard, chunk_bytes=4096)
+"""Tiny chunks by default, so that shards of a few thousand tokens have several."""
+
+
 def encoded_tokens(source: int, count: int, start: int = 0) -> np.ndarray:
     return source * SOURCE_STRIDE + np.arange(start, start + count, dtype=np.int64)
-
-
-def write_token_shard(
-    path: str | Path,
-    documents: list[np.ndarray] | np.ndarray,
-    chunk_bytes: int = 4096,
-    dtype: torch.dtype = torch.int32,
-) -> Path:
-    """Write ``documents`` (arrays of token ids) as a litdata token shard at ``path``."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    if isinstance(documents, np.ndarray):
-        documents = [documents]
-    writer = BinaryWriter(str(path), chunk_bytes=chunk_bytes, item_loader=TokensLoader())
-    for index, document in enumerate(documents):
-        writer[index] = torch.as_tensor(np.asarray(document), dtype=dtype)
-    writer.done()
-    writer.merge()
-    return path
 
 
 def write_source(base: str | Path, shard_dir: str, source: int, tokens: int, doc_tokens: int = 100, **kwargs) -> Path:
