@@ -69,6 +69,7 @@ class MixtureStream(IterableDataset):
     ) -> None:
         self.shards = {shard.id: shard for shard in shards if weights.get(shard.id, 0) > 0}
         self.weights = {source: weights[source] for source in self.shards}
+        self.blocks = {source: shard.blocks(block_size) for source, shard in self.shards.items()}
         self.block_size = block_size
         self.batch_size = batch_size
         self.seed = seed
@@ -110,14 +111,13 @@ class MixtureLoader(DataLoader):
 
     def __len__(self) -> int:
         """Batches in one pass over the blend's blocks on this rank (LitGPT's ``lr_warmup_fraction`` uses it)."""
-        blocks = sum(shard.blocks(self.dataset.block_size) for shard in self.dataset.shards.values())
-        return max(1, blocks // (self.dataset.batch_size * self.dataset.world_size))
+        return max(1, sum(self.dataset.blocks.values()) // (self.dataset.batch_size * self.dataset.world_size))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         stream: MixtureStream = self.dataset
         stream.position = self.position
         tracker = stream.blender()
-        blocks = [stream.shards[source].blocks(stream.block_size) for source in tracker.ids]
+        blocks = [stream.blocks[source] for source in tracker.ids]
         base = [self.position["base_draws"][source] - self.position["base_taken"][source] * stream.world_size for source in tracker.ids]
         next_wrap = [(base[i] + taken * stream.world_size) // blocks[i] * blocks[i] + blocks[i] for i, taken in enumerate(tracker.taken)]
         for batch in super().__iter__():
@@ -133,8 +133,7 @@ class MixtureLoader(DataLoader):
     def _source_wrapped(self, source: str, draws: int) -> None:
         """``source`` has been asked for ``draws`` blocks (over all ranks), reaching into a new epoch."""
         stream: MixtureStream = self.dataset
-        shard = stream.shards[source]
-        blocks = shard.blocks(stream.block_size)
+        shard, blocks = stream.shards[source], stream.blocks[source]
         epoch = (draws - 1) // blocks
         if self.max_epochs_per_source is not None and epoch >= self.max_epochs_per_source:
             raise ValueError(
@@ -159,9 +158,9 @@ class MixtureLoader(DataLoader):
             "sources": {
                 source: {
                     "draws": draws[source],
-                    "epoch": draws[source] // stream.shards[source].blocks(stream.block_size),
-                    "position": draws[source] % stream.shards[source].blocks(stream.block_size),
-                    "blocks": stream.shards[source].blocks(stream.block_size),
+                    "epoch": draws[source] // stream.blocks[source],
+                    "position": draws[source] % stream.blocks[source],
+                    "blocks": stream.blocks[source],
                     "tokens": draws[source] * stream.block_size,
                     "path": stream.shards[source].path,
                 }
