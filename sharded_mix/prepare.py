@@ -422,12 +422,16 @@ def prepare_shard(
 
 
 def write_token_shard(
-    path: str | Path, documents: Sequence, chunk_bytes: int | str = "64MB", dtype: torch.dtype = torch.int32
+    path: str | Path,
+    documents: Sequence,
+    chunk_bytes: int | str = "64MB",
+    dtype: torch.dtype = torch.int32,
+    compression: str | None = None,
 ) -> Path:
     """Write ``documents`` (arrays of token ids; one array = one document) as a litdata token shard at ``path``.
 
     Runs in this process. For token ids you already have (tests, benchmarks, converted corpora); text goes
-    through ``prepare_shard``.
+    through ``prepare_shard``. ``compression="zstd"`` compresses whole chunk files (needs the ``zstd`` package).
     """
     import numpy as np
     from litdata import TokensLoader
@@ -437,7 +441,13 @@ def write_token_shard(
         documents = [documents]
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    writer = BinaryWriter(str(path), chunk_bytes=chunk_bytes, item_loader=TokensLoader())
+    writer = BinaryWriter(
+        str(path),
+        chunk_bytes=chunk_bytes,
+        item_loader=TokensLoader(),
+        compression=compression,
+        compression_level="chunk" if compression else None,
+    )
     for index, document in enumerate(documents):
         writer[index] = torch.as_tensor(np.asarray(document), dtype=dtype)
     writer.done()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sharded_mix import prepare
+from sharded_mix import ShardedMixedDataset, prepare
 
 SOURCE_STRIDE = 10**7
 """Token = source number × SOURCE_STRIDE + position, so every block names its source and offset."""
@@ -44,3 +45,31 @@ def reference_layout(tmp_path: Path) -> Path:
         write_source(base, shard_dir, number, tokens)
     return base
 
+
+BLOCK = 16  # max_seq_length 15 + 1
+
+
+def make(base: Path, batch_size=4, num_workers=0, **fields) -> ShardedMixedDataset:
+    """A set-up data module over ``base`` with blocks of ``BLOCK`` tokens."""
+    fields.setdefault("val_data_path", base / "main" / "1")
+    data = ShardedMixedDataset(data_path=base, num_workers=num_workers, **fields)
+    data.connect(batch_size=batch_size, max_seq_length=BLOCK - 1)
+    data.setup()
+    return data
+
+
+def take(loader, batches: int) -> list[torch.Tensor]:
+    return [batch.clone() for batch in itertools.islice(iter(loader), batches)]
+
+
+def block_ids(batches) -> list[tuple[int, int]]:
+    """``(source, token offset)`` of every block, in stream order."""
+    return [(source_of(block), int(block[0]) % SOURCE_STRIDE) for batch in batches for block in batch]
+
+
+@pytest.fixture
+def scenario(tmp_path):
+    """The issue's scenario: main/1 has 1,206 blocks at weight 0.6, m1 has 181 blocks at 0.4."""
+    write_source(tmp_path, "main/1", 1, 1206 * BLOCK, doc_tokens=BLOCK)
+    write_source(tmp_path, "m1", 2, 181 * BLOCK, doc_tokens=BLOCK)
+    return tmp_path

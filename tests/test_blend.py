@@ -1,10 +1,9 @@
-"""The exact blend and the epoch orders: pure functions, no shards."""
+"""The exact blend: a pure function, no shards."""
 
 import numpy as np
 import pytest
 
 from sharded_mix.blend import Blender
-from sharded_mix.sources import epoch_order
 
 WEIGHT_VECTORS = [
     {"a": 0.5, "b": 0.5},
@@ -52,21 +51,3 @@ def test_restoring_the_state_continues_the_same_sequence():
 def test_inconsistent_state_is_rejected():
     with pytest.raises(ValueError, match="position 5 but 4 samples taken"):
         Blender({"a": 1.0}, 5, {"a": 4})
-
-
-def test_epoch_order_is_a_chunk_local_permutation():
-    chunk_blocks = [5, 3, 7]
-    order = epoch_order(chunk_blocks, seed=1, shard_id="c1", epoch=0)
-    assert sorted(order.tolist()) == list(range(15))
-    chunk_of = np.repeat(np.arange(3), chunk_blocks)[order]
-    assert (np.diff(chunk_of) != 0).sum() == 2  # each chunk is read in one run
-    assert order.tolist() != list(range(15))
-
-
-def test_epoch_orders_depend_on_seed_shard_and_epoch_only():
-    chunk_blocks = [50, 50]
-    base = epoch_order(chunk_blocks, 7, "m1", 3)
-    assert np.array_equal(base, epoch_order(chunk_blocks, 7, "m1", 3))
-    for other in (epoch_order(chunk_blocks, 8, "m1", 3), epoch_order(chunk_blocks, 7, "m2", 3), epoch_order(chunk_blocks, 7, "m1", 4)):
-        assert not np.array_equal(base, other)
-    assert epoch_order(chunk_blocks, 7, "m1", 3, shuffle=False).tolist() == list(range(100))

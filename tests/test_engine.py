@@ -1,6 +1,5 @@
 """The mixture engine on shards whose tokens encode (source, position)."""
 
-import itertools
 import logging
 import os
 import sys
@@ -11,35 +10,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import SOURCE_STRIDE, source_of, write_source
+from conftest import BLOCK, block_ids, make, take, write_source
 from sharded_mix import ShardedMixedDataset
-
-BLOCK = 16  # max_seq_length 15 + 1
-
-
-def make(base, batch_size=4, num_workers=0, **fields):
-    fields.setdefault("val_data_path", base / "main" / "1")
-    data = ShardedMixedDataset(data_path=base, num_workers=num_workers, **fields)
-    data.connect(batch_size=batch_size, max_seq_length=BLOCK - 1)
-    data.setup()
-    return data
-
-
-def take(loader, batches):
-    return [batch.clone() for batch in itertools.islice(iter(loader), batches)]
-
-
-def block_ids(batches):
-    return [(source_of(block), int(block[0]) % SOURCE_STRIDE) for batch in batches for block in batch]
-
-
-@pytest.fixture
-def scenario(tmp_path):
-    """The issue's scenario: main/1 has 1,206 blocks at weight 0.6, m1 has 181 blocks at 0.4."""
-    write_source(tmp_path, "main/1", 1, 1206 * BLOCK, doc_tokens=BLOCK)
-    write_source(tmp_path, "m1", 2, 181 * BLOCK, doc_tokens=BLOCK)
-    return tmp_path
-
 
 def test_no_premature_repeats_while_the_small_source_cycles(scenario, caplog):
     data = make(scenario, batch_size=10, literal_weights_str="main/1:0.6,m1:0.4")
@@ -58,7 +30,7 @@ def test_no_premature_repeats_while_the_small_source_cycles(scenario, caplog):
         if len(epoch) == 181:
             assert set(epoch) == set(math[:181])
     assert math[:181] != math[181:362]  # reshuffled each epoch
-    assert "source m1 finished epoch 4; starting epoch 5" in caplog.text
+    assert "source m1 finished epoch 3; starting epoch 4" in caplog.text  # epochs count from 0, as in the state
 
 
 @pytest.mark.parametrize("weights", ["main/1:0.6,m1:0.4", "main/1:0.9,m1:0.1", "main/1:0.5,m1:0.5"])
@@ -175,16 +147,12 @@ def test_a_source_smaller_than_ranks_times_workers_still_streams(tmp_path):
     assert len(set(main)) == len(main) == 16
 
 
-def test_resuming_with_another_blend_or_seed_is_refused(scenario):
+def test_resuming_with_another_block_size_is_refused(scenario):
     loader = make(scenario, batch_size=10, literal_weights_str="main/1:0.6,m1:0.4").train_dataloader()
     take(loader, 3)
     state = loader.state_dict()
-    with pytest.raises(ValueError, match="differs from this run's"):
-        make(scenario, batch_size=10, literal_weights_str="main/1:0.5,m1:0.5").train_dataloader().load_state_dict(state)
-    with pytest.raises(ValueError, match="data seed is 42, this run's is 7"):
-        make(scenario, batch_size=10, literal_weights_str="main/1:0.6,m1:0.4", seed=7).train_dataloader().load_state_dict(state)
+    data = ShardedMixedDataset(data_path=scenario, val_data_path=scenario / "main" / "1", num_workers=0, literal_weights_str="main/1:0.6,m1:0.4")
+    data.connect(batch_size=10, max_seq_length=31)
+    data.setup()
     with pytest.raises(ValueError, match="blocks of 16 tokens, this run asks for 32"):
-        data = ShardedMixedDataset(data_path=scenario, val_data_path=scenario / "main" / "1", num_workers=0, literal_weights_str="main/1:0.6,m1:0.4")
-        data.connect(batch_size=10, max_seq_length=31)
-        data.setup()
         data.train_dataloader().load_state_dict(state)

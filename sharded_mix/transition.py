@@ -1,0 +1,120 @@
+"""Carry the stream's position over to a new blend (pure, no I/O).
+
+Used when a run resumes with a changed blend (midtraining). A source's position is its global
+draw count: sources in both blends continue where they are, new ones start at draw 0, removed
+ones are set aside (and continue from there if a later blend brings them back). A new seed
+applies to each source from its next epoch: a source in the middle of an epoch keeps that
+epoch's order (its *pin*), so nothing it already gave is read again before the epoch ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+Pin = tuple[int, int]
+"""``(epoch, seed)``: that epoch of the source is ordered with that seed, whatever the run's seed is."""
+
+
+@dataclass(frozen=True)
+class SourcePosition:
+    draws: int
+    """Blocks drawn from the source so far, over all ranks."""
+    blocks: int
+    """Blocks in one epoch of the source."""
+    pin: Pin | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.draws // self.blocks
+
+    @property
+    def offset(self) -> int:
+        """Position inside the current epoch."""
+        return self.draws % self.blocks
+
+    def settled(self, seed: int) -> SourcePosition:
+        """Drop a pin that no longer matters: its epoch is over, or it names ``seed``, the seed in force."""
+        if self.pin is not None and (self.pin[0] != self.epoch or self.offset == 0 or self.pin[1] == seed):
+            return replace(self, pin=None)
+        return self
+
+    def pinned(self, seed: int) -> SourcePosition:
+        """Keep the order of the epoch in progress, which ``seed`` (or an earlier pin) chose."""
+        if self.offset == 0 or (self.pin is not None and self.pin[0] == self.epoch):
+            return self
+        return replace(self, pin=(self.epoch, seed))
+
+
+@dataclass(frozen=True)
+class TransitionRow:
+    id: str
+    old_weight: float | None
+    new_weight: float | None
+    status: str
+    """``continues``, ``new``, ``dropped``, ``back`` (dropped earlier, continues) or ``restarted`` (shard changed)."""
+    position: SourcePosition
+
+
+def carry_over(
+    active: Mapping[str, SourcePosition],
+    dropped: Mapping[str, SourcePosition],
+    old_weights: Mapping[str, float],
+    old_seed: int,
+    new_weights: Mapping[str, float],
+    new_blocks: Mapping[str, int],
+    new_seed: int,
+) -> tuple[dict[str, SourcePosition], dict[str, SourcePosition], list[TransitionRow]]:
+    """Positions of the new blend's sources, the set-aside ones, and one row per source for the log."""
+    carried: dict[str, SourcePosition] = {}
+    set_aside = dict(dropped)
+    rows: list[TransitionRow] = []
+    for source in sorted(set(new_weights) | set(active)):
+        old_weight, new_weight = old_weights.get(source), new_weights.get(source)
+        if source not in new_weights:
+            set_aside[source] = active[source].pinned(old_seed)
+            rows.append(TransitionRow(source, old_weight, None, "dropped", set_aside[source]))
+            continue
+        previous, status = active.get(source), "continues"
+        if previous is not None:
+            previous = previous.pinned(old_seed)
+        elif source in set_aside:
+            previous, status = set_aside.pop(source), "back"
+        if previous is None:
+            position, status = SourcePosition(0, new_blocks[source]), "new"
+        elif previous.blocks != new_blocks[source]:
+            position, status = SourcePosition(0, new_blocks[source]), "restarted"
+        else:
+            position = previous.settled(new_seed)
+        carried[source] = position
+        rows.append(TransitionRow(source, old_weight, new_weight, status, position))
+    return carried, set_aside, rows
+
+
+STATUS_NOTES = {
+    "continues": "",
+    "new": "starts at its first epoch",
+    "dropped": "set aside; continues from here if a later blend brings it back",
+    "back": "back from an earlier blend; continues where it stopped",
+    "restarted": "its shard no longer has the checkpoint's size: starts over",
+}
+
+
+def format_transition(
+    rows: list[TransitionRow], heading: str, old_seed: int, new_seed: int, banner: str = "DATA MIX TRANSITION"
+) -> str:
+    """A fixed-format block: old and new weight per source and the position carried over."""
+    header = f"{'source':<14} {'old weight':>11} {'new weight':>11}  {'status':<10} {'epoch':>6} {'position / blocks':>20}  note"
+    lines = [f"===== {banner}: {heading} ====="]
+    if old_seed != new_seed:
+        lines.append(f"seed {old_seed} -> {new_seed}: a source in mid-epoch finishes it in the old order; the new seed orders its next epochs")
+    lines += [header, "-" * len(header)]
+    for row in rows:
+        old = f"{row.old_weight:.4f}" if row.old_weight is not None else "-"
+        new = f"{row.new_weight:.4f}" if row.new_weight is not None else "-"
+        where = f"{row.position.offset:,} / {row.position.blocks:,}"
+        note = STATUS_NOTES[row.status]
+        if row.position.pin is not None:
+            note = "; ".join(filter(None, [note, f"epoch {row.position.pin[0]} keeps seed {row.position.pin[1]}"]))
+        lines.append(f"{row.id:<14} {old:>11} {new:>11}  {row.status:<10} {row.position.epoch:>6} {where:>20}  {note}".rstrip())
+    return "\n".join(lines)
