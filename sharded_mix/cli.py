@@ -67,12 +67,61 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_link_checkpoints(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "link-checkpoints",
+        help="make a midtraining out_dir that resumes from step K of a pretraining run",
+        description="Symlink the pretraining run's step-* checkpoint directories up to --step into the midtraining "
+        "run's out_dir, so `resume: auto` (or `--resume true`) in the midtraining config starts from step K. "
+        "Existing entries are never replaced.",
+    )
+    p.add_argument("--pretrain-dir", required=True, type=Path, help="the pretraining run's out_dir")
+    p.add_argument("--midtrain-dir", required=True, type=Path, help="the midtraining run's out_dir (created if missing)")
+    p.add_argument("--step", required=True, type=int, help="the pretraining step to continue from")
+    p.add_argument("--dry-run", action="store_true", help="show the links without making them")
+    p.set_defaults(func=_run_link_checkpoints)
+
+
+def _run_link_checkpoints(args: argparse.Namespace) -> int:
+    from sharded_mix.checkpoints import link_checkpoints
+
+    links = link_checkpoints(args.pretrain_dir, args.midtrain_dir, args.step, dry_run=args.dry_run)
+    verb = "would link" if args.dry_run else "linked"
+    for link in links:
+        print(f"{'already linked' if link.exists else verb}: {link.link} -> {link.target}")
+    print(f"{args.midtrain_dir} resumes from step {args.step} with `resume: auto`" + (" (dry run: nothing changed)" if args.dry_run else ""))
+    return 0
+
+
+def _add_data_position(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "data-position",
+        help="show where a checkpoint's data stream is: per source epoch, samples and tokens consumed",
+        description="Read the data state a sharded_mix run saved in a LitGPT checkpoint.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a lit_model.pth, a step-* directory, or a run's out_dir (newest step)")
+    p.add_argument("--json", action="store_true", help="print the raw state as JSON")
+    p.set_defaults(func=_run_data_position)
+
+
+def _run_data_position(args: argparse.Namespace) -> int:
+    import json
+
+    from sharded_mix.checkpoints import format_data_position, read_data_position
+
+    position = read_data_position(args.checkpoint)
+    print(json.dumps(position, indent=2) if args.json else format_data_position(position))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sharded-mix", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_prepare(subparsers)
     _add_demo(subparsers)
+    _add_link_checkpoints(subparsers)
+    _add_data_position(subparsers)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,18 @@ from torch.utils.data import DataLoader
 from sharded_mix.discovery import Shard, discover_shards, resolve_shard_types
 from sharded_mix.plan import PlanRow, format_mixture_plan, mixture_rows
 from sharded_mix.stream import mixture_loader, validation_loader
-from sharded_mix.weights import MixSpec, load_mix_file, mix_spec_from_fields, resolve_weights
+from sharded_mix.weights import MixSpec, check_type_names, load_mix_file, mix_spec_from_fields, resolve_weights
 
 logger = logging.getLogger(__name__)
+
+
+def expand_path(value: str | Path, field_name: str) -> str:
+    """``~`` and ``$VARS`` expanded, so configs can say ``$DATA_ROOT/mix`` instead of a personal path."""
+    expanded = os.path.expandvars(os.path.expanduser(str(value)))
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+    if unset:
+        raise ValueError(f"{field_name} {str(value)!r}: environment variable {unset[0]} is not set; export it or write the path out.")
+    return expanded
 
 
 def log_rank_zero(message: str, *args) -> None:
@@ -50,7 +60,7 @@ class ShardedMixedDataset(DataModule):
 
     data_path: str | Path = Path("data/")
     """Base directory of the shards. If it holds ``train/`` (and ``val/``), those are used, as in the reference
-    layout. A single litdata directory works too (one source, id ``main``)."""
+    layout. A single litdata directory works too (one source, id ``main``). ``~`` and ``$VARS`` are expanded."""
     val_data_path: str | Path | None = None
     """Validation data: one litdata directory, or a typed base directory mixed with the training weights.
     Default: ``<data_path>/val``."""
@@ -91,7 +101,7 @@ class ShardedMixedDataset(DataModule):
         self.shard_types = resolve_shard_types(self.shard_types)
         mix_config = None
         if self.mix_config_path is not None:
-            mix_config = load_mix_file(self.mix_config_path)
+            mix_config = load_mix_file(expand_path(self.mix_config_path, "mix_config_path"))
         self.mix_spec = mix_spec_from_fields(
             literal_weights_str=self.literal_weights_str,
             mix_weights_str=self.mix_weights_str,
@@ -100,6 +110,7 @@ class ShardedMixedDataset(DataModule):
             mix_temperature=self.mix_temperature,
             mix_config_origin=f"mix_config_path {str(self.mix_config_path)!r}",
         )
+        check_type_names(self.mix_spec, list(self.shard_types))
 
     def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None) -> None:
         self.batch_size = batch_size
@@ -107,9 +118,9 @@ class ShardedMixedDataset(DataModule):
 
     def data_dirs(self) -> tuple[str, str | None]:
         """The training base directory and the validation path (None if there is none)."""
-        data_path = str(self.data_path)
+        data_path = expand_path(self.data_path, "data_path")
         if self.val_data_path is not None:
-            return data_path, str(self.val_data_path)
+            return data_path, expand_path(self.val_data_path, "val_data_path")
         reference_train, reference_val = os.path.join(data_path, "train"), os.path.join(data_path, "val")
         if os.path.isdir(reference_train):
             return reference_train, reference_val if os.path.isdir(reference_val) else None

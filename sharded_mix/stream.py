@@ -213,6 +213,7 @@ class MixtureLoader(DataLoader):
             "weights": dict(stream.weights),
             "seed": stream.seed,
             "block_size": stream.block_size,
+            "batch_size": stream.batch_size,
             "world_size": stream.world_size,
             "sources": {source: _position_entry(p, stream.block_size, paths[source]) for source, p in self.source_positions().items()},
             "dropped": {source: _position_entry(p, stream.block_size, None) for source, p in self._start["dropped"].items()},

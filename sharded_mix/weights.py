@@ -186,6 +186,19 @@ def _normalise(weights: Mapping[str, float], origin: str) -> dict[str, float]:
     return {name: value / total for name, value in weights.items() if value > 0}
 
 
+def check_type_names(spec: MixSpec, known_types: Sequence[str]) -> None:
+    """A per-type blend may only name ``main`` and the known shard types (literal blends name shard ids)."""
+    if spec.mode == "literal":
+        return
+    valid_types = [MAIN_TYPE, *known_types]
+    unknown = [name for name in spec.weights if name not in valid_types]
+    if unknown:
+        raise ValueError(
+            f"{spec.origin}: unknown type(s) {unknown}; known types are {', '.join(valid_types)}. "
+            "Add new types with shard_types, e.g. shard_types: {legal: l}."
+        )
+
+
 def resolve_weights(spec: MixSpec, shards: Sequence[Shard], known_types: Sequence[str]) -> dict[str, float]:
     """Weight per shard id (only positive weights, in ``shards`` order), summing to 1."""
     by_type: dict[str, list[Shard]] = {}
@@ -203,14 +216,7 @@ def resolve_weights(spec: MixSpec, shards: Sequence[Shard], known_types: Sequenc
         raw = _apply_temperature({shard.id: spec.weights.get(shard.id, 0.0) for shard in shards}, spec.temperature)
         return _normalise(raw, spec.origin)
 
-    valid_types = [MAIN_TYPE, *known_types]
-    unknown = [name for name in spec.weights if name not in valid_types]
-    if unknown:
-        raise ValueError(
-            f"{spec.origin}: unknown type(s) {unknown}; known types are {', '.join(valid_types)}. "
-            "Add new types with shard_types, e.g. shard_types: {legal: l}."
-        )
-
+    check_type_names(spec, known_types)
     if spec.mode == "proportional":
         raw = {shard.id: shard.tokens * spec.weights.get(shard.type, 1.0) for shard in shards}
         return _normalise(_apply_temperature(raw, spec.temperature), spec.origin)

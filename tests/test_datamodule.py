@@ -146,3 +146,18 @@ def test_workers_give_valid_batches(typed_base, num_workers):
     data = make(train, val_data_path=val, literal_weights_str="main/1:1,m1:1", num_workers=num_workers)
     counts = sources_in(data.train_dataloader(), batches=8)
     assert set(counts) == {1, 4} and sum(counts.values()) == 32
+
+
+def test_data_paths_expand_environment_variables(reference_layout, monkeypatch):
+    monkeypatch.setenv("SHARDED_MIX_TEST_ROOT", str(reference_layout.parent))
+    data = make("$SHARDED_MIX_TEST_ROOT/data", val_data_path="${SHARDED_MIX_TEST_ROOT}/data/1", mix_weights_str="main:1")
+    assert data.train_mixture.base == str(reference_layout)
+    assert data.val_mixture.base == str(reference_layout / "1")
+    monkeypatch.delenv("SHARDED_MIX_TEST_ROOT")
+    with pytest.raises(ValueError, match="data_path '\\$SHARDED_MIX_TEST_ROOT/data': environment variable SHARDED_MIX_TEST_ROOT is not set"):
+        make("$SHARDED_MIX_TEST_ROOT/data", mix_weights_str="main:1")
+
+
+def test_an_unknown_type_in_the_blend_fails_at_construction(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown type\(s\) \['maths'\]"):
+        ShardedMixedDataset(data_path=tmp_path, mix_weights_str="main:0.8,maths:0.2")

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import write_token_shard
+from sharded_mix.checkpoints import read_data_position
 
 pytestmark = pytest.mark.e2e
 
@@ -51,9 +52,9 @@ def pretrain_config(tmp_path: Path, init_args: dict) -> Path:
     return path
 
 
-def run_pretrain(config: Path, cwd: Path) -> str:
+def run_pretrain(config: Path, cwd: Path, *extra: str) -> str:
     result = subprocess.run(
-        [LITGPT, "pretrain", "--config", str(config)], cwd=cwd, capture_output=True, text=True, timeout=600
+        [LITGPT, "pretrain", "--config", str(config), *extra], cwd=cwd, capture_output=True, text=True, timeout=600
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -91,18 +92,78 @@ def train_losses(out_dir: Path) -> dict[int, float]:
     return {int(row["iter"]): float(row["loss"]) for row in rows if row.get("loss")}
 
 
-def test_resume_gives_exactly_the_losses_of_the_uninterrupted_run(tmp_path):
-    write_shards(tmp_path / "data")
-    config = pretrain_config(tmp_path, {"data_path": "data", "literal_weights_str": "main/1:0.5,c1:0.3,m1:0.2"})
-    run_pretrain(config, cwd=tmp_path)
-    full = train_losses(tmp_path / "out")
-    resumed_dir = tmp_path / "resumed"
-    output = subprocess.run(
-        [LITGPT, "pretrain", "--config", str(config), "--out_dir", str(resumed_dir),
-         "--resume", str(tmp_path / "out" / "step-00000003" / "lit_model.pth")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert output.returncode == 0, (output.stdout + output.stderr)[-4000:]
+PRETRAIN_BLEND = "main/1:0.5,c1:0.3,m1:0.2"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """One 6-step pretraining run (checkpoints at steps 3 and 6) shared by the resume tests; cwd for them."""
+    root = tmp_path_factory.mktemp("pretrained")
+    write_shards(root / "data")
+    run_pretrain(pretrain_config(root, {"data_path": "data", "literal_weights_str": PRETRAIN_BLEND}), cwd=root)
+    return root
+
+
+def resume_run(pretrained: Path, name: str, init_args: dict, *extra: str) -> tuple[Path, str]:
+    """``litgpt pretrain`` from step 3 of the shared run with a new ``data`` section, into its own out_dir."""
+    run_dir = pretrained / name
+    run_dir.mkdir()
+    config = pretrain_config(run_dir, {"data_path": "data", **init_args})
+    checkpoint = pretrained / "out" / "step-00000003" / "lit_model.pth"
+    output = run_pretrain(config, pretrained, "--resume", str(checkpoint), *extra)
+    return run_dir / "out", output
+
+
+def test_resume_gives_exactly_the_losses_of_the_uninterrupted_run(pretrained):
+    full = train_losses(pretrained / "out")
+    resumed_dir, output = resume_run(pretrained, "same-blend", {"literal_weights_str": PRETRAIN_BLEND})
+    assert "DATA MIX TRANSITION" not in output
     resumed = train_losses(resumed_dir)
     assert sorted(resumed) == [4, 5, 6]
     assert {step: full[step] for step in resumed} == resumed  # bit-for-bit, CPU 32-true
+
+
+@pytest.mark.parametrize(
+    "init_args",
+    [
+        {"literal_weights_str": "main/1:0.4,c1:0.3,m1:0.2,main/2:0.1"},
+        {"literal_weights_str": "main/1:0.3,c1:0.5,m1:0.2"},
+        {"literal_weights_str": "main/1:0.6,c1:0.4"},
+        {"literal_weights_str": PRETRAIN_BLEND, "seed": 7},
+    ],
+    ids=["source-added", "weights-changed", "source-removed", "seed-changed"],
+)
+def test_midtraining_resumes_a_checkpoint_with_a_changed_blend(pretrained, init_args, request):
+    out_dir, output = resume_run(pretrained, request.node.callspec.id, init_args)
+    assert "Resuming training from" in output and "===== DATA MIX TRANSITION: resuming after 12 samples per rank" in output
+    assert sorted(train_losses(out_dir)) == [4, 5, 6]
+    before = read_data_position(pretrained / "out" / "step-00000003")["data"]
+    after = read_data_position(out_dir / "step-00000006")
+    assert (after["iter_num"], after["step_count"]) == (6, 6)
+    state = after["data"]
+    weights = dict(item.split(":") for item in init_args["literal_weights_str"].split(","))
+    assert state["samples"] == 24 and sorted(state["taken"]) == sorted(weights)
+    for source, weight in weights.items():  # the new blend, exactly, over the 12 samples since the switch
+        assert abs(state["taken"][source] - float(weight) * 12) < 1
+    for source, entry in state["sources"].items():  # persisting sources continue, new ones start at 0
+        carried = before["sources"].get(source, {"draws": 0})["draws"]
+        assert entry["draws"] == carried + state["taken"][source], source
+    for source in set(before["sources"]) - set(weights):
+        assert state["dropped"][source]["draws"] == before["sources"][source]["draws"]
+    if init_args.get("seed") == 7:
+        assert all(entry["pinned_seed"] == {"epoch": 0, "seed": 42} for entry in state["sources"].values())
+
+
+def test_warm_start_from_weights_only_starts_the_data_fresh(pretrained):
+    weights_dir = pretrained / "warm-weights"
+    subprocess.run(
+        [LITGPT, "convert_pretrained_checkpoint", str(pretrained / "out" / "final"), str(weights_dir)],
+        check=True, capture_output=True, timeout=600,
+    )
+    run_dir = pretrained / "warm"
+    run_dir.mkdir()
+    config = pretrain_config(run_dir, {"data_path": "data", "literal_weights_str": "main/1:0.5,c1:0.5"})
+    output = run_pretrain(config, pretrained, "--initial_checkpoint_dir", str(weights_dir))
+    assert "DATA MIX TRANSITION" not in output
+    state = read_data_position(run_dir / "out" / "step-00000006")["data"]
+    assert state["samples"] == 24 and {source: entry["draws"] for source, entry in state["sources"].items()} == {"c1": 12, "main/1": 12}

@@ -9,8 +9,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 start=$SECONDS
 sharded-mix demo-data --workdir out/demo
 litgpt pretrain --config midtrain_configs/demo/pretrain.yaml
-# Warm start: midtrain.yaml loads weights only, from the converted final pretraining checkpoint.
-rm -rf out/demo/pretrain-final-weights
-litgpt convert_pretrained_checkpoint out/demo/pretrain/final out/demo/pretrain-final-weights
+# Midtraining: resume the pretraining run at step 40 with a new blend (logs a DATA MIX TRANSITION).
 litgpt pretrain --config midtrain_configs/demo/midtrain.yaml
+sharded-mix data-position out/demo/midtrain-code/final
 echo "demo: done in $((SECONDS - start)) s; checkpoints in out/demo/pretrain/final and out/demo/midtrain-code/final"
