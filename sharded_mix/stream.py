@@ -1,9 +1,9 @@
 """Stream blocks of tokens from the chosen shards.
 
-Training: we own the index (design 2 of ARCHITECTURE.md); blocks are read in litdata's layout
-(``sources.py``). The k-th sample of a
-rank comes from the source ``Blender`` picks for k; that source's draw number, counted over all
-ranks, names the block through its epoch order (``sources.py``). Every rank runs the same blend,
+Training: we own the index (design 2 of ARCHITECTURE.md) and read blocks in litdata's layout.
+The k-th sample of a rank comes from the source ``Blender`` picks for k; that source's draw
+number, counted over all ranks, names the block through its epoch order (``sources.py``).
+A changed blend carries each source's position over (``transition.py``). Every rank runs the same blend,
 so rank r takes draws r, r + world, r + 2·world, ... of each source: ranks are disjoint and
 together follow the blend. DataLoader workers take whole batches in turn (batch j → worker
 j mod workers), which is the order torch's DataLoader returns them in; each batch travels with
