@@ -9,7 +9,7 @@ epoch's order (its *pin*), so nothing it already gave is read again before the e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 Pin = tuple[int, int]
@@ -23,6 +23,8 @@ class SourcePosition:
     blocks: int
     """Blocks in one epoch of the source."""
     pin: Pin | None = None
+    block_size: int = 0
+    """Tokens per block the draws count (0: not recorded)."""
 
     @property
     def epoch(self) -> int:
@@ -52,7 +54,8 @@ class TransitionRow:
     old_weight: float | None
     new_weight: float | None
     status: str
-    """``continues``, ``new``, ``dropped``, ``back`` (dropped earlier, continues) or ``restarted`` (shard changed)."""
+    """``continues``, ``new``, ``dropped``, ``back`` (dropped earlier, continues), ``resized`` (new block
+    length: next epoch) or ``restarted`` (shard changed)."""
     position: SourcePosition
 
 
@@ -64,8 +67,13 @@ def carry_over(
     new_weights: Mapping[str, float],
     new_blocks: Mapping[str, int],
     new_seed: int,
+    new_block_size: int = 0,
 ) -> tuple[dict[str, SourcePosition], dict[str, SourcePosition], list[TransitionRow]]:
-    """Positions of the new blend's sources, the set-aside ones, and one row per source for the log."""
+    """Positions of the new blend's sources, the set-aside ones, and one row per source for the log.
+
+    Blocks of a new length cannot continue an order over blocks of the old one: such a source
+    starts its next epoch (a fresh permutation) in the new length.
+    """
     carried: dict[str, SourcePosition] = {}
     set_aside = dict(dropped)
     rows: list[TransitionRow] = []
@@ -81,11 +89,14 @@ def carry_over(
         elif source in set_aside:
             previous, status = set_aside.pop(source), "back"
         if previous is None:
-            position, status = SourcePosition(0, new_blocks[source]), "new"
+            position, status = SourcePosition(0, new_blocks[source], block_size=new_block_size), "new"
+        elif previous.block_size and new_block_size and previous.block_size != new_block_size:
+            next_epoch = previous.epoch + (1 if previous.offset else 0)
+            position, status = SourcePosition(next_epoch * new_blocks[source], new_blocks[source], block_size=new_block_size), "resized"
         elif previous.blocks != new_blocks[source]:
-            position, status = SourcePosition(0, new_blocks[source]), "restarted"
+            position, status = SourcePosition(0, new_blocks[source], block_size=new_block_size), "restarted"
         else:
-            position = previous.settled(new_seed)
+            position = replace(previous.settled(new_seed), block_size=new_block_size or previous.block_size)
         carried[source] = position
         rows.append(TransitionRow(source, old_weight, new_weight, status, position))
     return carried, set_aside, rows
@@ -96,16 +107,22 @@ STATUS_NOTES = {
     "new": "starts at its first epoch",
     "dropped": "set aside; continues from here if a later blend brings it back",
     "back": "back from an earlier blend; continues where it stopped",
+    "resized": "blocks of a new length: starts its next epoch",
     "restarted": "its shard no longer has the checkpoint's size: starts over",
 }
 
 
 def format_transition(
-    rows: list[TransitionRow], heading: str, old_seed: int, new_seed: int, banner: str = "DATA MIX TRANSITION"
+    rows: list[TransitionRow],
+    heading: str,
+    old_seed: int,
+    new_seed: int,
+    banner: str = "DATA MIX TRANSITION",
+    details: Sequence[str] = (),
 ) -> str:
     """A fixed-format block: old and new weight per source and the position carried over."""
     header = f"{'source':<14} {'old weight':>11} {'new weight':>11}  {'status':<10} {'epoch':>6} {'position / blocks':>20}  note"
-    lines = [f"===== {banner}: {heading} ====="]
+    lines = [f"===== {banner}: {heading} =====", *details]
     if old_seed != new_seed:
         lines.append(f"seed {old_seed} -> {new_seed}: a source in mid-epoch finishes it in the old order; the new seed orders its next epochs")
     lines += [header, "-" * len(header)]

@@ -132,14 +132,15 @@ def test_two_ranks_get_disjoint_samples_and_follow_the_blend(scenario, tmp_path)
 
 def test_a_source_smaller_than_ranks_times_workers_still_streams(tmp_path):
     from sharded_mix.discovery import discover_shards
-    from sharded_mix.stream import MixtureLoader, MixtureStream
+    from sharded_mix.stream import MixtureLoader, MixtureStream, single_stage
 
     write_source(tmp_path, "1", 1, 40 * BLOCK, doc_tokens=BLOCK)
     write_source(tmp_path, "q1", 2, 2 * BLOCK, doc_tokens=BLOCK)  # 2 blocks for 4 ranks × 2 workers
     shards = discover_shards(tmp_path)
     seen = []
     for rank in range(4):
-        stream = MixtureStream(shards, {"main/1": 0.5, "q1": 0.5}, BLOCK, 2, seed=0, shuffle=True, rank=rank, world_size=4)
+        stage = single_stage(shards, {"main/1": 0.5, "q1": 0.5}, BLOCK, seed=0)
+        stream = MixtureStream(shards, [stage], 2, shuffle=True, rank=rank, world_size=4)
         seen.append(block_ids(take(MixtureLoader(stream, num_workers=2), 4)))
     small = [offset for ids in seen for source, offset in ids if source == 2]
     assert len(small) == 16 and Counter(small) == {0: 8, BLOCK: 8}  # 8 epochs of its 2 blocks
@@ -147,12 +148,17 @@ def test_a_source_smaller_than_ranks_times_workers_still_streams(tmp_path):
     assert len(set(main)) == len(main) == 16
 
 
-def test_resuming_with_another_block_size_is_refused(scenario):
+def test_resuming_with_another_block_size_starts_each_source_next_epoch(scenario):
     loader = make(scenario, batch_size=10, literal_weights_str="main/1:0.6,m1:0.4").train_dataloader()
     take(loader, 3)
-    state = loader.state_dict()
     data = ShardedMixedDataset(data_path=scenario, val_data_path=scenario / "main" / "1", num_workers=0, literal_weights_str="main/1:0.6,m1:0.4")
     data.connect(batch_size=10, max_seq_length=31)
     data.setup()
-    with pytest.raises(ValueError, match="blocks of 16 tokens, this run asks for 32"):
-        data.train_dataloader().load_state_dict(state)
+    resized = data.train_dataloader()
+    resized.load_state_dict(loader.state_dict())
+    state = resized.state_dict()
+    assert state["block_size"] == 32
+    assert {source: (entry["epoch"], entry["position"], entry["blocks"]) for source, entry in state["sources"].items()} == {
+        "m1": (1, 0, 90), "main/1": (1, 0, 603)
+    }
+    assert take(resized, 1)[0].shape == (10, 32)

@@ -135,7 +135,7 @@ def test_persisting_sources_continue_without_rereading_and_the_new_blend_holds(m
         assert read == source_sequence(after_data, shard_id, [42] * 6, len(read)), shard_id  # continues its own order
     main = before["main/1"] + after["main/1"]
     assert len(main) == len(set(main))  # nothing read twice in main/1's first epoch
-    assert "===== DATA MIX TRANSITION: resuming after 120 samples per rank (12 batches of 10) =====" in caplog.text
+    assert "===== DATA MIX TRANSITION: resuming after 120 samples per rank (12 batches of 10) in stage default =====" in caplog.text
 
 
 def test_a_new_seed_takes_effect_at_each_source_next_epoch(midtrain_data):
@@ -177,5 +177,5 @@ def test_state_after_a_transition_reports_positions_and_pins(midtrain_data):
     assert saved["sources"]["main/1"]["pinned_seed"] == {"epoch": 0, "seed": 42}
     assert saved["sources"]["c1"]["draws"] == 8 and "pinned_seed" not in saved["sources"]["c1"]
     assert saved["dropped"] == {
-        "m1": {"draws": 75, "epoch": 0, "position": 75, "blocks": 181, "tokens": 75 * BLOCK, "pinned_seed": {"epoch": 0, "seed": 42}}
+        "m1": {"draws": 75, "epoch": 0, "position": 75, "blocks": 181, "block_size": BLOCK, "tokens": 75 * BLOCK, "pinned_seed": {"epoch": 0, "seed": 42}}
     }

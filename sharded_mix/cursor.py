@@ -1,0 +1,154 @@
+"""Where the training stream is: its stage, and each source's draws over all ranks (no I/O).
+
+Every DataLoader worker and the loader in the main process keep a ``Cursor`` and move it the
+same way, one sample at a time, so they agree on the position without talking to each other.
+A stage switch happens between batches, when the rank's sample count reaches the next stage's
+start: the sources are carried over to the new stage's blend (``transition.carry_over``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sharded_mix.blend import Blender
+from sharded_mix.transition import SourcePosition, TransitionRow, carry_over
+
+
+@dataclass(frozen=True)
+class StreamStage:
+    """One stage as the stream needs it: where it starts (samples per rank) and what it draws."""
+
+    name: str
+    start: int
+    weights: dict[str, float]
+    """Shard id -> weight; positive weights only."""
+    seed: int
+    block_size: int
+    blocks: dict[str, int]
+    """Blocks in one epoch of each source, in this stage's block size."""
+    label: str = "sample 0"
+    """The start as the user wrote it, e.g. ``step 5``."""
+
+
+class Cursor:
+    """The stream position: stage, samples this rank has taken, and per source its global draws."""
+
+    def __init__(self, stages: Sequence[StreamStage], world_size: int) -> None:
+        self.stages = list(stages)
+        self.world_size = world_size
+        self.samples = 0
+        first = self.stages[0]
+        self._enter(0, {source: SourcePosition(0, first.blocks[source], block_size=first.block_size) for source in first.weights}, {})
+
+    def _enter(self, index: int, positions: Mapping[str, SourcePosition], dropped: Mapping[str, SourcePosition], taken: Mapping[str, int] | None = None) -> None:
+        self.index = index
+        stage = self.stages[index]
+        self.ids = sorted(stage.weights)
+        self.blender = Blender(stage.weights, sum((taken or {}).values()), taken)
+        self.taken = self.blender.taken  # one list, shared with the blender
+        self.base = [positions[source].draws - self.taken[i] * self.world_size for i, source in enumerate(self.ids)]
+        self.pins = {source: p.pin for source, p in positions.items() if p.pin is not None}
+        self.dropped = dict(dropped)
+
+    @property
+    def stage(self) -> StreamStage:
+        return self.stages[self.index]
+
+    def draws(self, index: int) -> int:
+        """Draws of source ``index`` (into ``ids``) over all ranks so far."""
+        return self.base[index] + self.taken[index] * self.world_size
+
+    def next_source(self) -> int:
+        """Pick the next sample's source with the blend and count it (workers)."""
+        self.samples += 1
+        return self.blender.next_index()
+
+    def take(self, index: int) -> None:
+        """Count a sample a worker drew from source ``index`` (the main process)."""
+        self.samples += 1
+        self.taken[index] += 1
+
+    def positions(self) -> dict[str, SourcePosition]:
+        """Each source of the current stage: draws, epoch size, block size and any pin that still matters."""
+        stage = self.stage
+        return {
+            source: SourcePosition(self.draws(i), stage.blocks[source], self.pins.get(source), stage.block_size).settled(stage.seed)
+            for i, source in enumerate(self.ids)
+        }
+
+    def due(self) -> bool:
+        """Whether the next stage starts at the current sample."""
+        return self.index + 1 < len(self.stages) and self.samples >= self.stages[self.index + 1].start
+
+    def switch(self) -> tuple[StreamStage, list[TransitionRow]]:
+        """Move to the latest stage that has started; returns the old stage and the carry-over."""
+        old = self.stage
+        return old, self._carry_to_latest(self.positions(), self.dropped, old.weights, old.seed)
+
+    def _carry_to_latest(
+        self, positions: Mapping[str, SourcePosition], dropped: Mapping[str, SourcePosition], weights: Mapping[str, float], seed: int
+    ) -> list[TransitionRow]:
+        target = max(i for i, stage in enumerate(self.stages) if stage.start <= self.samples)
+        new = self.stages[target]
+        carried, set_aside, rows = carry_over(positions, dropped, weights, seed, new.weights, new.blocks, new.seed, new.block_size)
+        self._enter(target, carried, set_aside)
+        return rows
+
+    def state(self) -> dict:
+        """Plain data for the checkpoint."""
+        stage = self.stage
+        return {
+            "stage": stage.name,
+            "samples": self.samples,
+            "taken": dict(zip(self.ids, self.taken)),
+            "weights": dict(stage.weights),
+            "seed": stage.seed,
+            "block_size": stage.block_size,
+            "sources": {source: position_entry(p) for source, p in self.positions().items()},
+            "dropped": {source: position_entry(p) for source, p in self.dropped.items()},
+        }
+
+    def restore(self, state: Mapping) -> list[TransitionRow] | None:
+        """Continue from a checkpoint's ``state``. The same stage, unchanged, resumes exactly (None);
+        otherwise the sources are carried over to the stage that is due, and the rows say how."""
+        self.samples = state["samples"]
+        active = {source: entry_position(entry, state["block_size"]) for source, entry in state["sources"].items()}
+        dropped = {source: entry_position(entry, 0) for source, entry in state.get("dropped", {}).items()}
+        for index, stage in enumerate(self.stages):
+            if stage.name == state.get("stage", stage.name) and stage.start <= self.samples and _same_stage(stage, state, active):
+                self._enter(index, active, dropped, state["taken"])
+                return None
+        return self._carry_to_latest(active, dropped, state["weights"], state["seed"])
+
+
+def _same_stage(stage: StreamStage, state: Mapping, active: Mapping[str, SourcePosition]) -> bool:
+    """Whether the checkpoint ran this very stage: same sources, weights, seed, block size and shard sizes."""
+    return (
+        set(active) == set(stage.weights)
+        and state["seed"] == stage.seed
+        and state["block_size"] == stage.block_size
+        and all(math.isclose(state["weights"][source], stage.weights[source], rel_tol=1e-9) for source in active)
+        and all(active[source].blocks == stage.blocks[source] for source in active)
+    )
+
+
+def position_entry(position: SourcePosition) -> dict:
+    """A source's position as plain data (for the checkpoint and people reading it)."""
+    entry = {
+        "draws": position.draws,
+        "epoch": position.epoch,
+        "position": position.offset,
+        "blocks": position.blocks,
+        "block_size": position.block_size,
+        "tokens": position.draws * position.block_size,
+    }
+    if position.pin is not None:
+        entry["pinned_seed"] = {"epoch": position.pin[0], "seed": position.pin[1]}
+    return entry
+
+
+def entry_position(entry: Mapping, block_size: int) -> SourcePosition:
+    pin = entry.get("pinned_seed")
+    return SourcePosition(entry["draws"], entry["blocks"], (pin["epoch"], pin["seed"]) if pin else None, entry.get("block_size", block_size))

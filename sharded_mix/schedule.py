@@ -1,0 +1,241 @@
+"""Data stages: several blends in one run, each from a step or token boundary (pure, no I/O).
+
+A stage names its start (``start_step`` or ``start_tokens``), optionally its end, and any subset
+of the mixture fields; what it omits it inherits from the data module's top-level fields. No
+``stages`` means one stage, ``default``, from the top-level fields; a first stage that starts
+after 0 gets an automatic ``default`` stage before it.
+
+Boundaries become sample counts per rank: step s starts at sample ``s · global_batch_size /
+world_size`` of every rank (LitGPT's micro-batches are the loader's batches), and T tokens are
+``T / max_seq_length`` samples over all ranks, LitGPT's own token accounting, rounded up to a
+whole micro-batch on every rank. So the first sample of step s comes from the new stage on
+every rank and for any ``num_workers``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+
+from sharded_mix.weights import MixSpec, load_mix_file, mix_spec_from_fields
+
+DEFAULT_STAGE = "default"
+
+BLEND_FIELDS = ("mix_weights_str", "literal_weights_str", "proportional_sampling", "mix_config_path")
+"""A stage that sets any of these defines its own blend with them; otherwise it inherits the top-level blend."""
+
+
+@dataclass
+class DataStage:
+    """One stage of the data schedule, as written under ``stages:`` in the data init_args."""
+
+    name: str
+    """Unique name, shown in the plan and the transition logs."""
+    start_step: int | None = None
+    """First optimizer step of the stage (needs ``global_batch_size`` in the data args)."""
+    start_tokens: int | None = None
+    """Or: the stage starts once the run has trained on this many tokens (LitGPT's count)."""
+    end_step: int | None = None
+    """Optional; must equal the next stage's start. On the last stage: where the plan ends."""
+    end_tokens: int | None = None
+    """Optional, as ``end_step`` but in tokens."""
+    mix_weights_str: str | None = None
+    literal_weights_str: str | None = None
+    proportional_sampling: bool | None = None
+    mix_config_path: str | None = None
+    mix_temperature: float | None = None
+    seed: int | None = None
+    seq_len: int | None = None
+    """Tokens per sample in this stage (blocks of ``seq_len + 1``); at most the model's ``max_seq_length``."""
+
+
+@dataclass(frozen=True)
+class Boundary:
+    unit: str  # "step" or "tokens"
+    value: int
+
+    def __str__(self) -> str:
+        return f"step {self.value:,}" if self.unit == "step" else f"{self.value:,} tokens"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A resolved stage: its blend as the user wrote it, seed and sequence length, and where it starts."""
+
+    name: str
+    start: Boundary
+    end: Boundary | None
+    spec: MixSpec
+    seed: int
+    seq_len: int | None
+    """None: the model's ``max_seq_length``."""
+    inherited: tuple[str, ...] = field(default=())
+    """Fields taken from the top level (for the plan)."""
+    automatic: bool = False
+    """Added because the first stage started after 0."""
+
+    def block_size(self, max_seq_length: int) -> int:
+        return (self.seq_len or max_seq_length) + 1
+
+
+@dataclass(frozen=True)
+class TopLevel:
+    """The data module's top-level mixture fields, which stages inherit."""
+
+    mix_weights_str: str | None = None
+    literal_weights_str: str | None = None
+    proportional_sampling: bool = False
+    mix_config_path: str | None = None
+    mix_temperature: float = 1.0
+    seed: int = 42
+
+
+def _boundary(stage: DataStage, where: str, kind: str) -> Boundary | None:
+    step, tokens = getattr(stage, f"{kind}_step"), getattr(stage, f"{kind}_tokens")
+    if step is not None and tokens is not None:
+        raise ValueError(f"{where}: give {kind}_step or {kind}_tokens, not both.")
+    value, unit = (step, "step") if step is not None else (tokens, "tokens")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{where}: {kind}_{unit if unit == 'tokens' else 'step'} is {value!r}; use a whole number >= 0.")
+    return Boundary(unit, value)
+
+
+def _stage_spec(stage: DataStage, top: TopLevel, read_mix_file, where: str) -> tuple[MixSpec, tuple[str, ...]]:
+    own_blend = any(getattr(stage, name) not in (None, False) for name in BLEND_FIELDS)
+    source = stage if own_blend else top
+    temperature = stage.mix_temperature if stage.mix_temperature is not None else top.mix_temperature
+    inherited = tuple(name for name in ("blend", "mix_temperature", "seed", "seq_len") if {
+        "blend": not own_blend,
+        "mix_temperature": stage.mix_temperature is None,
+        "seed": stage.seed is None,
+        "seq_len": stage.seq_len is None,
+    }[name])
+    mix_config = read_mix_file(source.mix_config_path) if source.mix_config_path is not None else None
+    try:
+        spec = mix_spec_from_fields(
+            literal_weights_str=source.literal_weights_str,
+            mix_weights_str=source.mix_weights_str,
+            proportional_sampling=bool(source.proportional_sampling),
+            mix_config=mix_config,
+            mix_temperature=temperature,
+            mix_config_origin=f"mix_config_path {str(source.mix_config_path)!r}",
+        )
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return spec, inherited
+
+
+def build_stages(
+    top: TopLevel,
+    stages: Sequence[DataStage | Mapping] | None = None,
+    anneal_start_step: int | None = None,
+    anneal_start_tokens: int | None = None,
+    anneal_weights: str | None = None,
+    read_mix_file=load_mix_file,
+) -> list[Stage]:
+    """Validate the schedule and resolve each stage's fields (inherited ones from ``top``)."""
+    anneal = anneal_start_step is not None or anneal_start_tokens is not None or anneal_weights is not None
+    if anneal:
+        if stages:
+            raise ValueError("stages and anneal_* are both set; write the anneal as a stage, or drop stages.")
+        if anneal_weights is None or (anneal_start_step is None) == (anneal_start_tokens is None):
+            raise ValueError(
+                "the anneal shortcut needs anneal_weights and exactly one of anneal_start_step or anneal_start_tokens, "
+                "e.g. anneal_start_step: 9000, anneal_weights: 'main:0.5,math:0.5'."
+            )
+        weights_field = "literal_weights_str" if top.literal_weights_str is not None else "mix_weights_str"
+        stages = [
+            DataStage(name=DEFAULT_STAGE, start_step=0),
+            DataStage(name="anneal", start_step=anneal_start_step, start_tokens=anneal_start_tokens, **{weights_field: anneal_weights}),
+        ]
+    specs = [stage if isinstance(stage, DataStage) else _data_stage(stage, index) for index, stage in enumerate(stages or [])]
+    if not specs:
+        specs = [DataStage(name=DEFAULT_STAGE, start_step=0)]
+
+    resolved: list[Stage] = []
+    for index, stage in enumerate(specs):
+        where = f"stages[{index}]"
+        if not isinstance(stage.name, str) or not stage.name.strip():
+            raise ValueError(f"{where}: name is {stage.name!r}; give every stage a non-blank name.")
+        where = f"stages[{index}] {stage.name!r}"
+        start = _boundary(stage, where, "start")
+        if start is None:
+            raise ValueError(f"{where}: no start; give start_step or start_tokens (the first stage usually starts at step 0).")
+        if stage.seq_len is not None and (isinstance(stage.seq_len, bool) or not isinstance(stage.seq_len, int) or stage.seq_len < 1):
+            raise ValueError(f"{where}: seq_len is {stage.seq_len!r}; use a whole number >= 1 (tokens per sample).")
+        spec, inherited = _stage_spec(stage, top, read_mix_file, where)
+        resolved.append(
+            Stage(stage.name, start, _boundary(stage, where, "end"), spec, top.seed if stage.seed is None else stage.seed, stage.seq_len, inherited)
+        )
+
+    names = [stage.name for stage in resolved]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"stages: name(s) {duplicates} used more than once; give every stage its own name.")
+    if resolved[0].start.value > 0:
+        if DEFAULT_STAGE in names:
+            raise ValueError(
+                f"stages: the first stage {resolved[0].name!r} starts at {resolved[0].start}, so the steps before it get an "
+                f"automatic {DEFAULT_STAGE!r} stage, but a stage is already called {DEFAULT_STAGE!r}; rename it."
+            )
+        default_spec, _ = _stage_spec(DataStage(name=DEFAULT_STAGE), top, read_mix_file, "top level")
+        resolved.insert(0, Stage(DEFAULT_STAGE, Boundary(resolved[0].start.unit, 0), resolved[0].start, default_spec, top.seed, None,
+                                 ("blend", "mix_temperature", "seed", "seq_len"), automatic=True))
+    return resolved
+
+
+def _data_stage(mapping: Mapping, index: int) -> DataStage:
+    known = {f.name for f in fields(DataStage)}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise ValueError(f"stages[{index}]: unknown field(s) {unknown}; a stage takes {sorted(known)}.")
+    return DataStage(**mapping)
+
+
+def stage_starts(
+    stages: Sequence[Stage], global_batch_size: int | None, max_seq_length: int, micro_batch_size: int, world_size: int
+) -> list[int]:
+    """Where each stage starts, in samples per rank; checks that the stages are sorted with no gaps or overlaps."""
+    per_rank_batch = micro_batch_size
+    if global_batch_size is not None:
+        if global_batch_size % (micro_batch_size * world_size):
+            raise ValueError(
+                f"global_batch_size {global_batch_size} is not a multiple of micro_batch_size {micro_batch_size} × "
+                f"{world_size} rank(s); set it to train.global_batch_size."
+            )
+
+    def samples(boundary: Boundary, where: str) -> int:
+        if boundary.unit == "step":
+            if global_batch_size is None:
+                raise ValueError(
+                    f"{where} is at {boundary}, but the data args have no global_batch_size; LitGPT does not tell the data "
+                    "module its global batch size. Set global_batch_size (= train.global_batch_size) in the data init_args."
+                )
+            return boundary.value * global_batch_size // world_size
+        global_samples = math.ceil(boundary.value / max_seq_length)
+        return math.ceil(global_samples / (per_rank_batch * world_size)) * per_rank_batch
+
+    starts = [samples(stage.start, f"stage {stage.name!r} start") for stage in stages]
+    if starts[0] != 0:
+        raise ValueError(f"stage {stages[0].name!r} must start at 0.")
+    for index, stage in enumerate(stages):
+        if index + 1 < len(stages) and starts[index + 1] <= starts[index]:
+            nxt = stages[index + 1]
+            raise ValueError(
+                f"stages are not in order: {nxt.name!r} starts at {nxt.start}, not after {stage.name!r} ({stage.start}); "
+                "list the stages in the order they run, each starting after the previous one."
+            )
+        if stage.end is not None:
+            end = samples(stage.end, f"stage {stage.name!r} end")
+            if index + 1 < len(stages) and end != starts[index + 1]:
+                kind = "a gap" if end < starts[index + 1] else "an overlap"
+                raise ValueError(
+                    f"stage {stage.name!r} ends at {stage.end} but {stages[index + 1].name!r} starts at {stages[index + 1].start}: "
+                    f"{kind}. Make the end equal the next start, or drop end_* (a stage runs until the next one starts)."
+                )
+            if end <= starts[index]:
+                raise ValueError(f"stage {stage.name!r} ends at {stage.end}, not after its start {stage.start}.")
+    return starts
