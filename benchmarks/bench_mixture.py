@@ -303,7 +303,7 @@ def time_first_batch(shards, weights, args, workers: int, state: dict | None) ->
     elapsed = time.perf_counter() - start
     assert tuple(batch.shape) == (args.batch_size, args.block_size), batch.shape
     if state is not None:
-        assert loader.position["samples"] == state["samples"] + args.batch_size, loader.position["samples"]
+        assert loader.cursor.samples == state["samples"] + args.batch_size, loader.cursor.samples
     del iterator, loader
     gc.collect()
     return {"first_batch_s": elapsed, "load_state_s": load_s}
