@@ -114,6 +114,49 @@ def _run_data_position(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plan(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="show the data stage plan of a config without training",
+        description="Discover the shards, resolve every stage's weights and print the DATA STAGE TRAINING PLAN: per stage "
+        "its steps and tokens, per source its weight, tokens and epochs, and each source's epochs over the run. CONFIG is a "
+        "LitGPT config (its data: section; train.max_tokens bounds the run) or a YAML of ShardedMixedDataset init args.",
+    )
+    p.add_argument("config", type=Path, help="the YAML to plan")
+    p.add_argument("--max-tokens", type=int, default=None, help="the run's length in tokens (default: train.max_tokens)")
+    p.add_argument("--json", action="store_true", help="print the plan rows as JSON")
+    p.add_argument("--plot", type=Path, default=None, help="also save a plot of weight per source over steps (needs matplotlib)")
+    p.set_defaults(func=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from sharded_mix.config import load_run_config
+    from sharded_mix.datamodule import ShardedMixedDataset
+    from sharded_mix.plan import format_mixture_plan, format_stage_plan, plot_stage_plan
+
+    init_args, sizes = load_run_config(args.config)
+    if not args.verbose:  # the plan below says it all; setup's own log lines would repeat it
+        logging.getLogger("sharded_mix").setLevel(logging.WARNING)
+        logging.getLogger("litdata").setLevel(logging.WARNING)
+    data = ShardedMixedDataset(**init_args)
+    data.connect(batch_size=sizes.micro_batch_size, max_seq_length=sizes.max_seq_length)
+    data.setup()
+    rows = data.plan(args.max_tokens if args.max_tokens is not None else sizes.max_tokens)
+    if args.json:
+        print(json.dumps([asdict(row) for row in rows], indent=2))
+    else:
+        print(format_mixture_plan(data.plan_rows(), f"train {data.train_mixture.base}"))
+        print(format_stage_plan(rows, f"{args.config}"))
+    if args.plot is not None:
+        ax = plot_stage_plan(rows)
+        ax.figure.savefig(args.plot, bbox_inches="tight")
+        print(f"plot written to {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sharded-mix", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -122,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(subparsers)
     _add_link_checkpoints(subparsers)
     _add_data_position(subparsers)
+    _add_plan(subparsers)
     return parser
 
 
@@ -130,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

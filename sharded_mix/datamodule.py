@@ -14,8 +14,10 @@ from litgpt.tokenizer import Tokenizer
 from torch.utils.data import DataLoader
 
 from sharded_mix.discovery import Shard, discover_shards, resolve_shard_types
-from sharded_mix.plan import PlanRow, format_mixture_plan, mixture_rows
-from sharded_mix.stream import mixture_loader, validation_loader
+from sharded_mix.plan import PlanRow, format_mixture_plan, format_stage_plan, mixture_rows
+from sharded_mix.cursor import StreamStage
+from sharded_mix.schedule import DataStage, Stage, StagePlanRow, TopLevel, build_stages, stage_plan_rows, stage_starts
+from sharded_mix.stream import distributed_rank_world, staged_loader, validation_loader
 from sharded_mix.weights import MixSpec, check_type_names, load_mix_file, mix_spec_from_fields, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,17 @@ class Mixture:
     @property
     def sources(self) -> list[Shard]:
         return [shard for shard in self.shards if self.weights.get(shard.id, 0) > 0]
+
+
+def _check_blocks(shards, block_size: int, where: str, what: str) -> None:
+    """Every shard must hold at least one block (blocks never straddle chunks)."""
+    for shard in shards:
+        if shard.blocks(block_size) < 1:
+            raise ValueError(
+                f"{where}: shard {shard.id!r} ({shard.path}) has {shard.tokens:,} tokens in {shard.chunks} chunk(s), "
+                f"no chunk holding one block of {what} = {block_size} tokens; lower train.max_seq_length (or the stage's "
+                "seq_len), give the shard weight 0, or re-prepare it with larger chunks."
+            )
 
 
 @dataclass
@@ -85,10 +98,23 @@ class ShardedMixedDataset(DataModule):
     """Shuffle training blocks (validation is never shuffled)."""
     max_epochs_per_source: int | None = None
     """Stop with an error when a source would start more passes than this (default: no limit)."""
+    stages: list[DataStage] | None = None
+    """Data stages, each ``{name, start_step | start_tokens, [end_step | end_tokens], <mixture fields>, [seed], [seq_len]}``;
+    omitted fields inherit the top-level ones. None: one stage, ``default``, from the top-level fields."""
+    global_batch_size: int | None = None
+    """Set it to ``train.global_batch_size`` when stages start at steps (LitGPT does not pass it to data modules)."""
+    anneal_start_step: int | None = None
+    """Shortcut for two stages: the top-level blend, then ``anneal_weights`` from this step on."""
+    anneal_start_tokens: int | None = None
+    """Or: the anneal starts after this many tokens."""
+    anneal_weights: str | None = None
+    """The anneal blend, in the top level's form (shard ids if ``literal_weights_str`` is used, else types)."""
 
     batch_size: int = field(init=False, repr=False, default=1)
     seq_length: int = field(init=False, repr=False, default=2049)
     mix_spec: MixSpec | None = field(init=False, repr=False, default=None)
+    schedule: list[Stage] = field(init=False, repr=False, default_factory=list)
+    stage_weights: list[dict[str, float]] = field(init=False, repr=False, default_factory=list)
     train_mixture: Mixture | None = field(init=False, repr=False, default=None)
     val_mixture: Mixture | None = field(init=False, repr=False, default=None)
 
@@ -111,10 +137,32 @@ class ShardedMixedDataset(DataModule):
             mix_config_origin=f"mix_config_path {str(self.mix_config_path)!r}",
         )
         check_type_names(self.mix_spec, list(self.shard_types))
+        top = TopLevel(
+            self.mix_weights_str, self.literal_weights_str, self.proportional_sampling,
+            None if self.mix_config_path is None else str(self.mix_config_path), self.mix_temperature, self.seed,
+        )
+        self.schedule = build_stages(
+            top, self.stages, self.anneal_start_step, self.anneal_start_tokens, self.anneal_weights,
+            read_mix_file=lambda path: load_mix_file(expand_path(path, "mix_config_path")),
+        )
+        for stage in self.schedule:
+            try:
+                check_type_names(stage.spec, list(self.shard_types))
+            except ValueError as err:
+                raise ValueError(f"stage {stage.name!r}: {err}") from None
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            raise ValueError(f"global_batch_size is {self.global_batch_size}; set it to train.global_batch_size.")
+        stage_starts(self.schedule, self.global_batch_size, 2048)  # order, gaps and overlaps, before any I/O
 
     def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None) -> None:
         self.batch_size = batch_size
         self.seq_length = (max_seq_length if max_seq_length is not None else 2048) + 1
+        for stage in self.schedule:
+            if stage.seq_len is not None and stage.seq_len > self.seq_length - 1:
+                raise ValueError(
+                    f"stage {stage.name!r}: seq_len {stage.seq_len} is larger than the model's max_seq_length "
+                    f"{self.seq_length - 1}; raise train.max_seq_length to at least {stage.seq_len}, or lower the stage's seq_len."
+                )
 
     def data_dirs(self) -> tuple[str, str | None]:
         """The training base directory and the validation path (None if there is none)."""
@@ -136,13 +184,7 @@ class ShardedMixedDataset(DataModule):
             except ValueError as err:
                 raise ValueError(f"{field_name} {base!r}: {err}") from None
         mixture = Mixture(base=base, shards=tuple(shards), weights=weights)
-        for shard in mixture.sources:
-            if shard.blocks(self.seq_length) < 1:
-                raise ValueError(
-                    f"{field_name} {base!r}: shard {shard.id!r} ({shard.path}) has {shard.tokens:,} tokens in "
-                    f"{shard.chunks} chunk(s), no chunk holding one block of max_seq_length + 1 = {self.seq_length} "
-                    "tokens; lower train.max_seq_length, give the shard weight 0, or re-prepare it with larger chunks."
-                )
+        _check_blocks(mixture.sources, self.seq_length, f"{field_name} {base!r}", "max_seq_length + 1")
         return mixture
 
     def setup(self, stage: str = "") -> None:
@@ -156,9 +198,11 @@ class ShardedMixedDataset(DataModule):
             )
         self.train_mixture = self._mixture(train_base, "data_path")
         self.val_mixture = self._mixture(val_base, "val_data_path")
+        self.stage_weights = [self._stage_weights(stage) for stage in self.schedule]
+        used = {source for weights in self.stage_weights for source in weights}
         dtypes = {(f"{label}{shard.id}", shard.dtype)
-                  for label, mixture in (("", self.train_mixture), ("val:", self.val_mixture))
-                  for shard in mixture.sources}
+                  for label, shards in (("", [s for s in self.train_mixture.shards if s.id in used]), ("val:", self.val_mixture.sources))
+                  for shard in shards}
         if len({dtype for _, dtype in dtypes}) > 1:
             listing = ", ".join(f"{shard_id}={dtype}" for shard_id, dtype in sorted(dtypes))
             raise ValueError(
@@ -170,7 +214,32 @@ class ShardedMixedDataset(DataModule):
             f"seed={self.seed}, block={self.seq_length} tokens"
         )
         log_rank_zero("%s", format_mixture_plan(self.plan_rows(), f"train {train_base}", details))
+        log_rank_zero("%s", format_stage_plan(self.plan(), f"{len(self.schedule)} stage(s), train {train_base}"))
         log_rank_zero("Validation data: %s (%d sources)", val_base, len(self.val_mixture.sources))
+
+    def _stage_weights(self, stage: Stage) -> dict[str, float]:
+        mixture = self.train_mixture
+        if stage.spec == self.mix_spec:
+            weights = mixture.weights
+        else:
+            try:
+                weights = resolve_weights(stage.spec, mixture.shards, list(self.shard_types))
+            except ValueError as err:
+                raise ValueError(f"stage {stage.name!r}, data_path {mixture.base!r}: {err}") from None
+        block_size = stage.block_size(self.seq_length - 1)
+        chosen = [shard for shard in mixture.shards if weights.get(shard.id, 0) > 0]
+        _check_blocks(chosen, block_size, f"stage {stage.name!r}, data_path {mixture.base!r}", "seq_len + 1")
+        return weights
+
+    def plan(self, max_tokens: int | None = None) -> list[StagePlanRow]:
+        """The stage plan as rows (stage, steps, tokens, source, weight, tokens and epochs); call after ``setup``.
+
+        ``max_tokens`` (``train.max_tokens``) bounds the last stage when it has no end of its own.
+        """
+        mixture = self._require_setup()
+        sizes = {stage.block_size(self.seq_length - 1) for stage in self.schedule}
+        source_blocks = {shard.id: {size: shard.blocks(size) for size in sizes} for shard in mixture.shards}
+        return stage_plan_rows(self.schedule, self.stage_weights, source_blocks, self.global_batch_size, self.seq_length - 1, max_tokens)
 
     def plan_rows(self) -> list[PlanRow]:
         """The training mixture as rows (id, type, tokens, weight, blocks, path); call after ``setup``."""
@@ -184,16 +253,18 @@ class ShardedMixedDataset(DataModule):
 
     def train_dataloader(self) -> DataLoader:
         mixture = self._require_setup()
-        return mixture_loader(
-            mixture.shards,
-            mixture.weights,
-            self.seq_length,
-            self.batch_size,
-            self.seed,
-            self.shuffle,
-            self.num_workers,
-            self.max_epochs_per_source,
-        )
+        _, world_size = distributed_rank_world()
+        max_seq_length = self.seq_length - 1
+        starts = stage_starts(self.schedule, self.global_batch_size, max_seq_length, self.batch_size, world_size)
+        stages = []
+        for stage, weights, start in zip(self.schedule, self.stage_weights, starts):
+            block_size = stage.block_size(max_seq_length)
+            chosen = {shard.id: shard for shard in mixture.shards if weights.get(shard.id, 0) > 0}
+            stages.append(StreamStage(
+                stage.name, start, {source: weights[source] for source in chosen}, stage.seed, block_size,
+                {source: shard.blocks(block_size) for source, shard in chosen.items()}, str(stage.start),
+            ))
+        return staged_loader(mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source)
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()

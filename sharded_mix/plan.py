@@ -1,4 +1,4 @@
-"""The mixture plan: one row per source, as data (for notebooks) and as a greppable table (for logs)."""
+"""Plans as data (for notebooks) and as greppable text (for logs): the mixture, and the stages over a run."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from sharded_mix.discovery import Shard
+from sharded_mix.schedule import StagePlanRow
 
 
 @dataclass(frozen=True)
@@ -43,3 +44,73 @@ def format_mixture_plan(rows: Sequence[PlanRow], title: str, details: str = "") 
         f"weight 0 = excluded"
     )
     return "\n".join(lines)
+
+
+def format_stage_plan(rows: Sequence[StagePlanRow], title: str) -> str:
+    """A fixed-format block headed ``DATA STAGE TRAINING PLAN``: per stage its span and per-source weight,
+    tokens and epochs, then each source's expected epochs over the run."""
+    lines = [f"===== DATA STAGE TRAINING PLAN: {title} ====="]
+    stages: dict[str, list[StagePlanRow]] = {}
+    for row in rows:
+        stages.setdefault(row.stage, []).append(row)
+    for name, stage_rows in stages.items():
+        first = stage_rows[0]
+        steps = "steps ? (no global_batch_size)" if first.start_step is None else (
+            f"steps {first.start_step:,.0f} -> {'end' if first.end_step is None else format(first.end_step, ',.0f')}"
+        )
+        tokens = f"tokens {first.start_tokens:,} -> {'end' if first.end_tokens is None else format(first.end_tokens, ',')}"
+        lines.append(
+            f"stage {name}{' (added automatically: the first stage starts later)' if first.automatic else ''}: {steps}, {tokens}, "
+            f"seq_len {first.seq_len}, seed {first.seed}"
+            + (f"; inherited from the top level: {', '.join(first.inherited)}" if first.inherited else "")
+        )
+        lines.append(f"  {'source':<14} {'weight':>8} {'tokens':>16} {'epochs':>8}")
+        for row in stage_rows:
+            tokens_text = "-" if row.tokens is None else f"{row.tokens:,}"
+            epochs_text = "-" if row.epochs is None else f"{row.epochs:.3f}"
+            lines.append(f"  {row.source:<14} {row.weight:>8.4f} {tokens_text:>16} {epochs_text:>8}")
+    totals: dict[str, float] = {}
+    open_ended = any(row.epochs is None for row in rows)
+    for row in rows:
+        if row.epochs is not None:
+            totals[row.source] = totals.get(row.source, 0.0) + row.epochs
+    summary = ", ".join(f"{source} {epochs:.3f}" for source, epochs in sorted(totals.items()))
+    lines.append(f"expected epochs per source over the run: {summary or '-'}")
+    if open_ended:
+        lines.append("(the last stage has no end: set its end_step, or run `sharded-mix plan` on the LitGPT config to use train.max_tokens)")
+    return "\n".join(lines)
+
+
+def plot_stage_plan(rows: Sequence[StagePlanRow], ax=None):
+    """Weight per source over steps (tokens when steps are unknown) as a step plot; needs matplotlib."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("plotting the plan needs matplotlib: pip install matplotlib") from err
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3))
+    use_steps = all(row.start_step is not None for row in rows)
+    stages = list(dict.fromkeys(row.stage for row in rows))
+    spans = {}
+    for row in rows:
+        start = row.start_step if use_steps else row.start_tokens
+        end = row.end_step if use_steps else row.end_tokens
+        spans[row.stage] = (start, end)
+    last_start, last_end = spans[stages[-1]]
+    if last_end is None:  # open-ended: draw the last stage as long as the one before it, or 1 unit
+        previous = spans[stages[-2]] if len(stages) > 1 else (0, 1)
+        spans[stages[-1]] = (last_start, last_start + max(1, previous[1] - previous[0]))
+    for source in sorted({row.source for row in rows}):
+        xs, ys = [], []
+        for stage in stages:
+            weight = next((row.weight for row in rows if row.stage == stage and row.source == source), 0.0)
+            start, end = spans[stage]
+            xs += [start, end]
+            ys += [weight, weight]
+        ax.plot(xs, ys, label=source)
+    for stage in stages[1:]:
+        ax.axvline(spans[stage][0], color="grey", linewidth=0.5)
+    ax.set_xlabel("step" if use_steps else "tokens")
+    ax.set_ylabel("weight")
+    ax.legend(loc="best", fontsize="small")
+    return ax

@@ -195,28 +195,35 @@ def _data_stage(mapping: Mapping, index: int) -> DataStage:
     return DataStage(**mapping)
 
 
+def boundary_samples(
+    boundary: Boundary, where: str, global_batch_size: int | None, max_seq_length: int, micro_batch_size: int = 1, world_size: int = 1
+) -> int:
+    """A boundary in samples per rank (with the defaults: over all ranks)."""
+    if boundary.value == 0:
+        return 0
+    if boundary.unit == "step":
+        if global_batch_size is None:
+            raise ValueError(
+                f"{where} is at {boundary}, but the data args have no global_batch_size; LitGPT does not tell the data "
+                "module its global batch size. Set global_batch_size (= train.global_batch_size) in the data init_args."
+            )
+        return boundary.value * global_batch_size // world_size
+    global_samples = math.ceil(boundary.value / max_seq_length)
+    return math.ceil(global_samples / (micro_batch_size * world_size)) * micro_batch_size
+
+
 def stage_starts(
-    stages: Sequence[Stage], global_batch_size: int | None, max_seq_length: int, micro_batch_size: int, world_size: int
+    stages: Sequence[Stage], global_batch_size: int | None, max_seq_length: int, micro_batch_size: int = 1, world_size: int = 1
 ) -> list[int]:
     """Where each stage starts, in samples per rank; checks that the stages are sorted with no gaps or overlaps."""
-    per_rank_batch = micro_batch_size
-    if global_batch_size is not None:
-        if global_batch_size % (micro_batch_size * world_size):
-            raise ValueError(
-                f"global_batch_size {global_batch_size} is not a multiple of micro_batch_size {micro_batch_size} × "
-                f"{world_size} rank(s); set it to train.global_batch_size."
-            )
+    if global_batch_size is not None and global_batch_size % (micro_batch_size * world_size):
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not a multiple of micro_batch_size {micro_batch_size} × "
+            f"{world_size} rank(s); set it to train.global_batch_size."
+        )
 
     def samples(boundary: Boundary, where: str) -> int:
-        if boundary.unit == "step":
-            if global_batch_size is None:
-                raise ValueError(
-                    f"{where} is at {boundary}, but the data args have no global_batch_size; LitGPT does not tell the data "
-                    "module its global batch size. Set global_batch_size (= train.global_batch_size) in the data init_args."
-                )
-            return boundary.value * global_batch_size // world_size
-        global_samples = math.ceil(boundary.value / max_seq_length)
-        return math.ceil(global_samples / (per_rank_batch * world_size)) * per_rank_batch
+        return boundary_samples(boundary, where, global_batch_size, max_seq_length, micro_batch_size, world_size)
 
     starts = [samples(stage.start, f"stage {stage.name!r} start") for stage in stages]
     if starts[0] != 0:
@@ -239,3 +246,70 @@ def stage_starts(
             if end <= starts[index]:
                 raise ValueError(f"stage {stage.name!r} ends at {stage.end}, not after its start {stage.start}.")
     return starts
+
+
+@dataclass(frozen=True)
+class StagePlanRow:
+    """One source in one stage of the plan (for notebooks; ``format_stage_plan`` prints them)."""
+
+    stage: str
+    start_step: float | None
+    end_step: float | None
+    """None: the stage runs to the end of the run, whose length the plan was not told."""
+    start_tokens: int
+    end_tokens: int | None
+    seq_len: int
+    seed: int
+    source: str
+    weight: float
+    tokens: int | None
+    """Tokens of this source the stage trains on (LitGPT's count: samples × max_seq_length)."""
+    epochs: float | None
+    """Passes over the source in this stage."""
+    inherited: tuple[str, ...] = ()
+    automatic: bool = False
+
+
+def stage_plan_rows(
+    stages: Sequence[Stage],
+    stage_weights: Sequence[Mapping[str, float]],
+    source_blocks: Mapping[str, Mapping[int, int]] | None,
+    global_batch_size: int | None,
+    max_seq_length: int,
+    run_end_tokens: int | None = None,
+) -> list[StagePlanRow]:
+    """Per stage and source: steps, tokens, weight, tokens drawn and epochs.
+
+    ``source_blocks[source][block_size]`` is the source's epoch size in blocks; ``run_end_tokens``
+    (``train.max_tokens``) bounds the last stage when it has no end of its own.
+    """
+    starts = stage_starts(stages, global_batch_size, max_seq_length)  # over all ranks
+    ends: list[int | None] = [*starts[1:], None]
+    last = stages[-1]
+    if last.end is not None:
+        ends[-1] = boundary_samples(last.end, f"stage {last.name!r} end", global_batch_size, max_seq_length)
+    elif run_end_tokens is not None:
+        ends[-1] = max(starts[-1], run_end_tokens // max_seq_length)
+    rows = []
+    for stage, weights, start, end in zip(stages, stage_weights, starts, ends):
+        block_size = stage.block_size(max_seq_length)
+        samples = None if end is None else end - start
+        for source, weight in sorted(weights.items()):
+            draws = None if samples is None else weight * samples
+            blocks = (source_blocks or {}).get(source, {}).get(block_size)
+            rows.append(StagePlanRow(
+                stage=stage.name,
+                start_step=None if global_batch_size is None else start / global_batch_size,
+                end_step=None if global_batch_size is None or end is None else end / global_batch_size,
+                start_tokens=start * max_seq_length,
+                end_tokens=None if end is None else end * max_seq_length,
+                seq_len=block_size - 1,
+                seed=stage.seed,
+                source=source,
+                weight=weight,
+                tokens=None if draws is None else round(draws * max_seq_length),
+                epochs=None if draws is None or not blocks else draws / blocks,
+                inherited=stage.inherited,
+                automatic=stage.automatic,
+            ))
+    return rows

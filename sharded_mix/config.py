@@ -1,0 +1,66 @@
+"""Read a run's config without training: a LitGPT config's ``data`` section and train sizes, or our own data YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_CLASS = "sharded_mix.ShardedMixedDataset"
+LITGPT_MICRO_BATCH_SIZE = 4  # litgpt.args.TrainArgs defaults
+LITGPT_MAX_SEQ_LENGTH = 2048
+
+
+@dataclass(frozen=True)
+class RunSizes:
+    """What LitGPT would pass to ``connect`` and what bounds the run."""
+
+    micro_batch_size: int
+    max_seq_length: int
+    max_tokens: int | None
+    global_batch_size: int | None
+
+
+def load_run_config(path: str | Path) -> tuple[dict, RunSizes]:
+    """``ShardedMixedDataset`` init args and the run's sizes from a LitGPT config (``litgpt pretrain --config``)
+    or from a YAML of the init args alone (with optional ``max_seq_length``, ``micro_batch_size``, ``max_tokens``)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read the config {str(path)!r}: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path)!r} is not a YAML mapping; give a LitGPT config or a YAML of ShardedMixedDataset init args.")
+    if "data" not in config:
+        init_args = dict(config)
+        sizes = {key: init_args.pop(key, None) for key in ("micro_batch_size", "max_seq_length", "max_tokens")}
+        return init_args, RunSizes(
+            sizes["micro_batch_size"] or LITGPT_MICRO_BATCH_SIZE,
+            sizes["max_seq_length"] or LITGPT_MAX_SEQ_LENGTH,
+            sizes["max_tokens"],
+            init_args.get("global_batch_size"),
+        )
+    data = config["data"]
+    if not isinstance(data, dict) or data.get("class_path") not in (DATA_CLASS, "ShardedMixedDataset"):
+        raise ValueError(f"{str(path)!r}: its data section is not class_path: {DATA_CLASS}.")
+    init_args = dict(data.get("init_args") or {})
+    train = config.get("train") or {}
+    max_seq_length = train.get("max_seq_length")
+    if max_seq_length is None and config.get("model_name"):
+        from litgpt.config import Config
+
+        max_seq_length = Config.from_name(config["model_name"]).block_size  # what litgpt pretrain uses then
+    train_global = train.get("global_batch_size")
+    data_global = init_args.get("global_batch_size")
+    if data_global is not None and train_global is not None and data_global != train_global:
+        raise ValueError(
+            f"{str(path)!r}: data global_batch_size {data_global} differs from train.global_batch_size {train_global}; "
+            "stage boundaries in steps would land on the wrong steps. Make them equal."
+        )
+    return init_args, RunSizes(
+        train.get("micro_batch_size") or LITGPT_MICRO_BATCH_SIZE,
+        max_seq_length or LITGPT_MAX_SEQ_LENGTH,
+        train.get("max_tokens"),
+        data_global,
+    )
