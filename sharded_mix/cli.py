@@ -138,12 +138,17 @@ def _run_plan(args: argparse.Namespace) -> int:
     from sharded_mix.plan import format_mixture_plan, format_stage_plan, plot_stage_plan
 
     init_args, sizes = load_run_config(args.config)
-    if not args.verbose:  # the plan below says it all; setup's own log lines would repeat it
-        logging.getLogger("sharded_mix").setLevel(logging.WARNING)
-        logging.getLogger("litdata").setLevel(logging.WARNING)
-    data = ShardedMixedDataset(**init_args)
-    data.connect(batch_size=sizes.micro_batch_size, max_seq_length=sizes.max_seq_length)
-    data.setup()
+    quiet = [] if args.verbose else [logging.getLogger(name) for name in ("sharded_mix", "litdata")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:  # the plan below says it all; setup's own log lines would repeat it
+        logger.setLevel(logging.WARNING)
+    try:
+        data = ShardedMixedDataset(**init_args)
+        data.connect(batch_size=sizes.micro_batch_size, max_seq_length=sizes.max_seq_length)
+        data.setup()
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
     rows = data.plan(args.max_tokens if args.max_tokens is not None else sizes.max_tokens)
     if args.json:
         print(json.dumps([asdict(row) for row in rows], indent=2))

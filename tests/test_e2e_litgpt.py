@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from litgpt_runs import LITGPT, pretrain_config, run_pretrain, train_losses, write_shards
 from sharded_mix.checkpoints import read_data_position
