@@ -1,8 +1,13 @@
 """Data stages through the loader, on shards whose tokens encode (source, position)."""
 
 import logging
+import os
+import sys
+from pathlib import Path
 
 import pytest
+import torch
+import torch.multiprocessing as mp
 
 from conftest import block_ids, make, take
 
@@ -90,3 +95,23 @@ def test_stage_errors_before_training(scenario):
         make(scenario, stages=THREE_STAGES)
     with pytest.raises(ValueError, match=r"stage 'mix', data_path .*shard id\(s\) \['m9'\] not found"):
         staged(scenario, stages=[{"name": "a", "start_step": 0}, {"name": "mix", "start_step": 2, "literal_weights_str": "m9:1"}])
+
+
+def _staged_rank_worker(rank: int, world: int, base: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_MASTER_PORT"])
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    sys.path.insert(0, str(Path(__file__).parent))
+    stages = [{"name": "main", "start_step": 0, "literal_weights_str": "main/1:1"}, {"name": "math", "start_step": 2, "literal_weights_str": "m1:1"}]
+    data = make(Path(base), batch_size=5, num_workers=1, stages=stages, global_batch_size=10)
+    torch.save(take(data.train_dataloader(), 4), f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_switch_stage_at_the_same_step(scenario, tmp_path):
+    os.environ["TEST_MASTER_PORT"] = str(30500 + os.getpid() % 1000)
+    mp.start_processes(_staged_rank_worker, args=(2, str(scenario), str(tmp_path)), nprocs=2, start_method="spawn")
+    per_rank = [per_batch_sources(block_ids(torch.load(tmp_path / f"rank{rank}.pt")), 5) for rank in range(2)]
+    for batches in per_rank:  # global batch 10 = 5 per rank: step s is batch s on each rank
+        assert batches == [[MAIN] * 5, [MAIN] * 5, [MATH] * 5, [MATH] * 5]
+    offsets = [set(block_ids(torch.load(tmp_path / f"rank{rank}.pt"))) for rank in range(2)]
+    assert offsets[0].isdisjoint(offsets[1])
