@@ -152,11 +152,11 @@ class ShardedMixedDataset(DataModule):
                 raise ValueError(f"stage {stage.name!r}: {err}") from None
         if self.global_batch_size is not None and self.global_batch_size < 1:
             raise ValueError(f"global_batch_size is {self.global_batch_size}; set it to train.global_batch_size.")
-        stage_starts(self.schedule, self.global_batch_size, 2048)  # order, gaps and overlaps, before any I/O
 
     def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None) -> None:
         self.batch_size = batch_size
         self.seq_length = (max_seq_length if max_seq_length is not None else 2048) + 1
+        stage_starts(self.schedule, self.global_batch_size, self.seq_length - 1)  # order, gaps and overlaps, before any I/O
         for stage in self.schedule:
             if stage.seq_len is not None and stage.seq_len > self.seq_length - 1:
                 raise ValueError(

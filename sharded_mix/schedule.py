@@ -99,7 +99,7 @@ def _boundary(stage: DataStage, where: str, kind: str) -> Boundary | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{where}: {kind}_{unit if unit == 'tokens' else 'step'} is {value!r}; use a whole number >= 0.")
+        raise ValueError(f"{where}: {kind}_{unit} is {value!r}; use a whole number >= 0.")
     return Boundary(unit, value)
 
 
@@ -107,12 +107,8 @@ def _stage_spec(stage: DataStage, top: TopLevel, read_mix_file, where: str) -> t
     own_blend = any(getattr(stage, name) not in (None, False) for name in BLEND_FIELDS)
     source = stage if own_blend else top
     temperature = stage.mix_temperature if stage.mix_temperature is not None else top.mix_temperature
-    inherited = tuple(name for name in ("blend", "mix_temperature", "seed", "seq_len") if {
-        "blend": not own_blend,
-        "mix_temperature": stage.mix_temperature is None,
-        "seed": stage.seed is None,
-        "seq_len": stage.seq_len is None,
-    }[name])
+    given = {"blend": own_blend, "mix_temperature": stage.mix_temperature is not None, "seed": stage.seed is not None, "seq_len": stage.seq_len is not None}
+    inherited = tuple(name for name, is_given in given.items() if not is_given)
     mix_config = read_mix_file(source.mix_config_path) if source.mix_config_path is not None else None
     try:
         spec = mix_spec_from_fields(

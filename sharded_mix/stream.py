@@ -81,8 +81,7 @@ class MixtureStream(IterableDataset):
         if len(dtypes) != 1:
             raise ValueError(f"the blend mixes token dtypes {sorted(dtypes)}; write every shard with the same tokenizer dtype.")
         self.dtype = np.dtype(dtypes.pop())
-        self.cursor = Cursor(self.stages, world_size)
-        """Where iteration starts; the loader sets it before each iteration."""
+        self.cursor = Cursor(self.stages, world_size)  # where iteration starts; the loader sets it each time
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, tuple[int, ...]]]:
         """Yields ``(batch of blocks, index in the stage's ids of each block's source)``.
