@@ -1,7 +1,6 @@
 """Linking a pretraining run's checkpoints into a midtraining run, and reading the data position of a checkpoint."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
