@@ -162,6 +162,72 @@ def _run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "inspect",
+        help="list the shards under a data directory: sizes, dtypes, totals per type and problems",
+        description="Discover the shards under DATA_PATH (or its train/ and val/ splits) and show per shard its id, type, "
+        "tokens, documents, chunks, token dtype and size on disk, the totals per type, and the problems found: "
+        "unreadable index.json, missing chunk files, shards that are not token shards, mixed dtypes. Exit code 1 when "
+        "there are problems.",
+    )
+    p.add_argument("data_path", type=Path, help="a base directory of shards, or one with train/ and val/")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from sharded_mix.inventory import format_inventory, inspect_data_path
+
+    inventories = inspect_data_path(args.data_path)
+    if args.json:
+        print(json.dumps([inventory.as_dict() for inventory in inventories], indent=2))
+    else:
+        print("\n\n".join(format_inventory(inventory) for inventory in inventories))
+    return 1 if any(inventory.all_problems() for inventory in inventories) else 0
+
+
+def _name_and_dir(text: str) -> tuple[str, str]:
+    name, sep, target = text.partition("=")
+    if not sep or not name or not target:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=DIR, e.g. m1=/data/proofpile")
+    return name, target
+
+
+def _add_link(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "link",
+        help="assemble a typed base directory from existing litdata directories, by symlink",
+        description="Make BASE a base directory discovery understands: each --main DIR becomes main/1, main/2, ... and each "
+        "--as NAME=DIR becomes BASE/NAME (e.g. m1, c2, main/3). Every DIR must be a litdata directory; existing entries "
+        "are never replaced.",
+    )
+    p.add_argument("base", type=Path, help="the base directory to fill (created if missing)")
+    p.add_argument("--main", action="append", default=[], type=Path, metavar="DIR", help="a main (web) shard; repeat for more")
+    p.add_argument("--as", dest="named", action="append", default=[], type=_name_and_dir, metavar="NAME=DIR", help="a typed shard, e.g. m1=/data/proofpile")
+    p.add_argument("--dry-run", action="store_true", help="show the links without making them")
+    p.set_defaults(func=_run_link)
+
+
+def _run_link(args: argparse.Namespace) -> int:
+    from sharded_mix.link import link_data
+
+    named = {}
+    for name, target in args.named:
+        if name in named:
+            raise ValueError(f"--as {name}=... is given twice; give each name once.")
+        named[name] = target
+    links = link_data(args.base, args.main, named, dry_run=args.dry_run)
+    verb = "would link" if args.dry_run else "linked"
+    for link in links:
+        print(f"{'already linked' if link.exists else verb}: {link.link} -> {link.target}")
+    if args.dry_run:
+        print("dry run: nothing changed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sharded-mix", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -171,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_link_checkpoints(subparsers)
     _add_data_position(subparsers)
     _add_plan(subparsers)
+    _add_inspect(subparsers)
+    _add_link(subparsers)
     return parser
 
 

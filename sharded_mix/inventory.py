@@ -1,0 +1,129 @@
+"""What a data directory holds: per shard its size, dtype and chunk files, totals per type, and problems found."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sharded_mix.discovery import find_shard_dirs, index_token_dtype, read_index, resolve_shard_types, shard_from_index
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    id: str
+    type: str
+    path: str
+    tokens: int | None
+    documents: int | None
+    chunks: int | None
+    dtype: str | None
+    bytes_on_disk: int
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """One base directory (or one split of the reference layout)."""
+
+    label: str
+    base: str
+    shards: list[ShardReport]
+    problems: list[str] = field(default_factory=list)
+
+    def totals_by_type(self) -> dict[str, dict[str, int]]:
+        totals: dict[str, dict[str, int]] = {}
+        for shard in self.shards:
+            entry = totals.setdefault(shard.type, {"shards": 0, "tokens": 0, "bytes_on_disk": 0})
+            entry["shards"] += 1
+            entry["tokens"] += shard.tokens or 0
+            entry["bytes_on_disk"] += shard.bytes_on_disk
+        return totals
+
+    def all_problems(self) -> list[str]:
+        return self.problems + [f"{shard.id}: {problem}" for shard in self.shards for problem in shard.problems]
+
+    def as_dict(self) -> dict:
+        return {"label": self.label, "base": self.base, "shards": [asdict(s) for s in self.shards],
+                "totals_by_type": self.totals_by_type(), "problems": self.all_problems()}
+
+
+def _size_on_disk(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def inspect_shard(shard_id: str, type_name: str, path: str) -> ShardReport:
+    """One shard's report; what cannot be read becomes a problem, not an exception."""
+    size = _size_on_disk(path)
+    try:
+        index = read_index(path)
+    except ValueError as err:
+        return ShardReport(shard_id, type_name, path, None, None, None, None, size, (f"unreadable index: {err}",))
+    problems = []
+    missing = [chunk.get("filename") for chunk in index["chunks"] if not os.path.isfile(os.path.join(path, str(chunk.get("filename"))))]
+    if missing:
+        shown = ", ".join(map(str, missing[:3])) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        problems.append(f"{len(missing)} of {len(index['chunks'])} chunk files missing ({shown})")
+    try:
+        shard = shard_from_index(shard_id, type_name, path, index)
+    except ValueError as err:
+        problems.append(str(err))
+        return ShardReport(shard_id, type_name, path, None, None, len(index["chunks"]), index_token_dtype(index), size, tuple(problems))
+    return ShardReport(shard_id, type_name, path, shard.tokens, shard.documents, shard.chunks, shard.dtype, size, tuple(problems))
+
+
+def inspect_base(base: str | Path, shard_types: dict[str, str] | None = None, label: str = "") -> Inventory:
+    base = str(base)
+    if not os.path.isdir(base):
+        raise ValueError(f"{base!r} is not a directory; give the base directory of your shards.")
+    found = find_shard_dirs(base, resolve_shard_types(shard_types))
+    reports = [inspect_shard(shard_id, type_name, path) for shard_id, type_name, path in found]
+    problems = [] if reports else [f"no shards found under {base}"]
+    dtypes = sorted({report.dtype for report in reports if report.dtype})
+    if len(dtypes) > 1:
+        by_dtype = {dtype: [r.id for r in reports if r.dtype == dtype] for dtype in dtypes}
+        listing = "; ".join(f"{dtype}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}" for dtype, ids in by_dtype.items())
+        problems.append(f"mixed token dtypes ({listing}); shards mixed in one run need one tokenizer")
+    return Inventory(label or base, base, reports, problems)
+
+
+def inspect_data_path(data_path: str | Path, shard_types: dict[str, str] | None = None) -> list[Inventory]:
+    """The base directory, or its ``train/`` and ``val/`` splits in the reference layout."""
+    data_path = str(data_path)
+    splits = [name for name in ("train", "val") if os.path.isdir(os.path.join(data_path, name))]
+    if "train" in splits:
+        return [inspect_base(os.path.join(data_path, name), shard_types, label=name) for name in splits]
+    return [inspect_base(data_path, shard_types)]
+
+
+def _human_bytes(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return f"{count} B"
+
+
+def format_inventory(inventory: Inventory) -> str:
+    header = f"{'shard':<14} {'type':<10} {'tokens':>15} {'documents':>11} {'chunks':>7} {'dtype':<7} {'on disk':>10}"
+    lines = [f"===== {inventory.label}: {inventory.base} =====", header, "-" * len(header)]
+    for s in inventory.shards:
+        number = lambda value: "?" if value is None else f"{value:,}"  # noqa: E731
+        lines.append(
+            f"{s.id:<14} {s.type:<10} {number(s.tokens):>15} {number(s.documents):>11} {number(s.chunks):>7} "
+            f"{s.dtype or '?':<7} {_human_bytes(s.bytes_on_disk):>10}"
+        )
+    lines.append("-" * len(header))
+    for type_name, totals in inventory.totals_by_type().items():
+        lines.append(f"{'total ' + type_name:<25} {totals['tokens']:>15,} in {totals['shards']} shard(s), {_human_bytes(totals['bytes_on_disk'])}")
+    problems = inventory.all_problems()
+    lines.append(f"problems: {len(problems)}" if problems else "problems: none")
+    lines += [f"  - {problem}" for problem in problems]
+    return "\n".join(lines)
