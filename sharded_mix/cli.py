@@ -228,6 +228,62 @@ def _run_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_merge(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "merge",
+        help="merge several litdata token directories into one shard",
+        description="Check that the inputs are token shards in one format (same dtype, item loader, compression), then "
+        "merge them with litdata's merge_datasets into --output, which must be new or empty.",
+    )
+    p.add_argument("--inputs", nargs="+", required=True, type=Path, help="the litdata directories to merge")
+    p.add_argument("--output", required=True, type=Path, help="the merged shard's directory, e.g. data/mix/m1")
+    p.add_argument("--max-workers", type=int, default=2, help="litdata copy threads")
+    p.set_defaults(func=_run_merge)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from sharded_mix.merge import merge_shards
+
+    if not args.verbose:
+        logging.getLogger("litdata").setLevel(logging.WARNING)
+    result = merge_shards(args.inputs, args.output, args.max_workers)
+    print(f"merged {result['inputs']} shards into {result['output']}: {result['tokens']:,} tokens, "
+          f"{result['documents']:,} documents, {result['chunks']} chunks")
+    return 0
+
+
+def _add_val_loss(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "val-loss",
+        help="validation loss of a checkpoint on each validation shard separately",
+        description="Load a LitGPT checkpoint (lit_model.pth + model_config.yaml) and report the mean next-token loss "
+        "and perplexity on the first --max-blocks blocks of every shard under VAL_PATH (LitGPT reports one loss "
+        "over the whole mixture).",
+    )
+    p.add_argument("checkpoint", type=Path, help="a step-* or final/ directory, a lit_model.pth, or a run's out_dir")
+    p.add_argument("val_path", type=Path, help="a typed base directory of validation shards (or one litdata directory)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default: the model's block size)")
+    p.add_argument("--max-blocks", type=int, default=64, help="blocks per source")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="e.g. cuda")
+    p.add_argument("--json", action="store_true", help="print the losses as JSON")
+    p.set_defaults(func=_run_val_loss)
+
+
+def _run_val_loss(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from sharded_mix.evaluate import format_source_losses, load_model, source_losses
+
+    if not args.verbose:
+        logging.getLogger("litdata").setLevel(logging.WARNING)
+    model = load_model(args.checkpoint, args.device)
+    losses = source_losses(model, args.val_path, args.seq_len, args.max_blocks, args.batch_size, args.device)
+    print(json.dumps([asdict(loss) for loss in losses], indent=2) if args.json else format_source_losses(losses, str(args.checkpoint)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sharded-mix", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -239,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(subparsers)
     _add_inspect(subparsers)
     _add_link(subparsers)
+    _add_merge(subparsers)
+    _add_val_loss(subparsers)
     return parser
 
 

@@ -1,0 +1,29 @@
+"""Merge several litdata token directories into one shard (litdata's ``merge_datasets``), after checking they fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sharded_mix.discovery import read_index, shard_from_index
+
+
+def merge_shards(inputs: list[str | Path], output: str | Path, max_workers: int = 2) -> dict:
+    """Write the merged shard to ``output``; every input must be a token shard of the same dtype and format."""
+    from litdata import merge_datasets
+
+    if len(inputs) < 2:
+        raise ValueError(f"--inputs: give at least two litdata directories to merge, got {len(inputs)}.")
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        raise ValueError(f"--output {str(output)!r} exists and is not empty; refusing to write into it. Pick a new directory.")
+    shards, formats = [], set()
+    for path in inputs:
+        index = read_index(path)
+        shards.append(shard_from_index(str(path), "", path, index))
+        formats.add((index["config"].get("item_loader"), tuple(index["config"].get("data_format") or ()), index["config"].get("compression")))
+    if len(formats) > 1:
+        listing = "; ".join(f"{shard.path}: {shard.dtype}" for shard in shards)
+        raise ValueError(f"--inputs are not in one format (item loader, token dtype, compression): {listing}. Merge shards made with one tokenizer and settings.")
+    merge_datasets([str(Path(path).resolve()) for path in inputs], str(output.resolve()), max_workers=max_workers)
+    merged = shard_from_index(output.name, "", output, read_index(output))
+    return {"output": str(output), "inputs": len(shards), "tokens": merged.tokens, "documents": merged.documents, "chunks": merged.chunks}
