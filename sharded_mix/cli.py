@@ -8,6 +8,17 @@ import sys
 from pathlib import Path
 
 
+def _quiet_litdata(args: argparse.Namespace) -> None:
+    if not args.verbose:  # litdata logs cache sizing and the like at INFO
+        logging.getLogger("litdata").setLevel(logging.WARNING)
+
+
+def _print_links(links, dry_run: bool) -> None:
+    verb = "would link" if dry_run else "linked"
+    for link in links:
+        print(f"{'already linked' if link.exists else verb}: {link.link} -> {link.target}")
+
+
 def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare",
@@ -28,8 +39,7 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
 def _run_prepare(args: argparse.Namespace) -> int:
     from sharded_mix.prepare import prepare_shard
 
-    if not args.verbose:  # litdata logs cache sizing and the like at INFO
-        logging.getLogger("litdata").setLevel(logging.WARNING)
+    _quiet_litdata(args)
     summary = prepare_shard(
         inputs=args.input,
         tokenizer_dir=args.tokenizer_dir,
@@ -60,8 +70,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from sharded_mix.demo import build_demo
 
-    if not args.verbose:  # litdata logs cache sizing and the like at INFO
-        logging.getLogger("litdata").setLevel(logging.WARNING)
+    _quiet_litdata(args)
     result = build_demo(workdir=args.workdir, vocab_size=args.vocab_size, overwrite=args.overwrite)
     print(result.describe())
     return 0
@@ -85,10 +94,7 @@ def _add_link_checkpoints(subparsers: argparse._SubParsersAction) -> None:
 def _run_link_checkpoints(args: argparse.Namespace) -> int:
     from sharded_mix.checkpoints import link_checkpoints
 
-    links = link_checkpoints(args.pretrain_dir, args.midtrain_dir, args.step, dry_run=args.dry_run)
-    verb = "would link" if args.dry_run else "linked"
-    for link in links:
-        print(f"{'already linked' if link.exists else verb}: {link.link} -> {link.target}")
+    _print_links(link_checkpoints(args.pretrain_dir, args.midtrain_dir, args.step, dry_run=args.dry_run), args.dry_run)
     print(f"{args.midtrain_dir} resumes from step {args.step} with `resume: auto`" + (" (dry run: nothing changed)" if args.dry_run else ""))
     return 0
 
@@ -219,10 +225,7 @@ def _run_link(args: argparse.Namespace) -> int:
         if name in named:
             raise ValueError(f"--as {name}=... is given twice; give each name once.")
         named[name] = target
-    links = link_data(args.base, args.main, named, dry_run=args.dry_run)
-    verb = "would link" if args.dry_run else "linked"
-    for link in links:
-        print(f"{'already linked' if link.exists else verb}: {link.link} -> {link.target}")
+    _print_links(link_data(args.base, args.main, named, dry_run=args.dry_run), args.dry_run)
     if args.dry_run:
         print("dry run: nothing changed")
     return 0
@@ -244,8 +247,7 @@ def _add_merge(subparsers: argparse._SubParsersAction) -> None:
 def _run_merge(args: argparse.Namespace) -> int:
     from sharded_mix.merge import merge_shards
 
-    if not args.verbose:
-        logging.getLogger("litdata").setLevel(logging.WARNING)
+    _quiet_litdata(args)
     result = merge_shards(args.inputs, args.output, args.max_workers)
     print(f"merged {result['inputs']} shards into {result['output']}: {result['tokens']:,} tokens, "
           f"{result['documents']:,} documents, {result['chunks']} chunks")
@@ -276,8 +278,7 @@ def _run_val_loss(args: argparse.Namespace) -> int:
 
     from sharded_mix.evaluate import format_source_losses, load_model, source_losses
 
-    if not args.verbose:
-        logging.getLogger("litdata").setLevel(logging.WARNING)
+    _quiet_litdata(args)
     model = load_model(args.checkpoint, args.device)
     losses = source_losses(model, args.val_path, args.seq_len, args.max_blocks, args.batch_size, args.device)
     print(json.dumps([asdict(loss) for loss in losses], indent=2) if args.json else format_source_losses(losses, str(args.checkpoint)))
