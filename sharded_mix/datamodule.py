@@ -15,9 +15,8 @@ from torch.utils.data import DataLoader
 
 from sharded_mix.discovery import Shard, discover_shards, resolve_shard_types
 from sharded_mix.plan import PlanRow, format_mixture_plan, format_stage_plan, mixture_rows
-from sharded_mix.cursor import StreamStage
 from sharded_mix.schedule import DataStage, Stage, StagePlanRow, TopLevel, build_stages, stage_plan_rows, stage_starts
-from sharded_mix.stream import distributed_rank_world, staged_loader, validation_loader
+from sharded_mix.stream import distributed_rank_world, staged_loader, stream_stage, validation_loader
 from sharded_mix.weights import MixSpec, check_type_names, load_mix_file, mix_spec_from_fields, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -256,14 +255,10 @@ class ShardedMixedDataset(DataModule):
         _, world_size = distributed_rank_world()
         max_seq_length = self.seq_length - 1
         starts = stage_starts(self.schedule, self.global_batch_size, max_seq_length, self.batch_size, world_size)
-        stages = []
-        for stage, weights, start in zip(self.schedule, self.stage_weights, starts):
-            block_size = stage.block_size(max_seq_length)
-            chosen = {shard.id: shard for shard in mixture.shards if weights.get(shard.id, 0) > 0}
-            stages.append(StreamStage(
-                stage.name, start, {source: weights[source] for source in chosen}, stage.seed, block_size,
-                {source: shard.blocks(block_size) for source, shard in chosen.items()}, str(stage.start),
-            ))
+        stages = [
+            stream_stage(mixture.shards, weights, stage.block_size(max_seq_length), stage.seed, stage.name, start, str(stage.start))
+            for stage, weights, start in zip(self.schedule, self.stage_weights, starts)
+        ]
         return staged_loader(mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source)
 
     def val_dataloader(self) -> DataLoader:

@@ -114,8 +114,10 @@ def _human_bytes(count: int) -> str:
 def format_inventory(inventory: Inventory) -> str:
     header = f"{'shard':<14} {'type':<10} {'tokens':>15} {'documents':>11} {'chunks':>7} {'dtype':<7} {'on disk':>10}"
     lines = [f"===== {inventory.label}: {inventory.base} =====", header, "-" * len(header)]
+    def number(value: int | None) -> str:
+        return "?" if value is None else f"{value:,}"
+
     for s in inventory.shards:
-        number = lambda value: "?" if value is None else f"{value:,}"  # noqa: E731
         lines.append(
             f"{s.id:<14} {s.type:<10} {number(s.tokens):>15} {number(s.documents):>11} {number(s.chunks):>7} "
             f"{s.dtype or '?':<7} {_human_bytes(s.bytes_on_disk):>10}"

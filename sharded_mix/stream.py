@@ -46,12 +46,21 @@ def distributed_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def single_stage(shards: Sequence[Shard], weights: Mapping[str, float], block_size: int, seed: int) -> StreamStage:
-    """The one stage of a run without ``stages``: these weights from the first sample on."""
+def stream_stage(
+    shards: Sequence[Shard],
+    weights: Mapping[str, float],
+    block_size: int,
+    seed: int,
+    name: str = "default",
+    start: int = 0,
+    label: str = "sample 0",
+) -> StreamStage:
+    """A stage drawing the shards of positive weight in blocks of ``block_size`` from sample ``start`` (per rank);
+    with the defaults, the one stage of a run without ``stages``."""
     chosen = {shard.id: shard for shard in shards if weights.get(shard.id, 0) > 0}
     return StreamStage(
-        "default", 0, {source: weights[source] for source in chosen}, seed, block_size,
-        {source: shard.blocks(block_size) for source, shard in chosen.items()},
+        name, start, {source: weights[source] for source in chosen}, seed, block_size,
+        {source: shard.blocks(block_size) for source, shard in chosen.items()}, label,
     )
 
 
@@ -240,7 +249,7 @@ def mixture_loader(
     max_epochs_per_source: int | None = None,
 ) -> MixtureLoader:
     """The training loader for one blend from the first sample on."""
-    return staged_loader(shards, [single_stage(shards, weights, block_size, seed)], batch_size, shuffle, num_workers, max_epochs_per_source)
+    return staged_loader(shards, [stream_stage(shards, weights, block_size, seed)], batch_size, shuffle, num_workers, max_epochs_per_source)
 
 
 def staged_loader(

@@ -132,14 +132,14 @@ def test_two_ranks_get_disjoint_samples_and_follow_the_blend(scenario, tmp_path)
 
 def test_a_source_smaller_than_ranks_times_workers_still_streams(tmp_path):
     from sharded_mix.discovery import discover_shards
-    from sharded_mix.stream import MixtureLoader, MixtureStream, single_stage
+    from sharded_mix.stream import MixtureLoader, MixtureStream, stream_stage
 
     write_source(tmp_path, "1", 1, 40 * BLOCK, doc_tokens=BLOCK)
     write_source(tmp_path, "q1", 2, 2 * BLOCK, doc_tokens=BLOCK)  # 2 blocks for 4 ranks × 2 workers
     shards = discover_shards(tmp_path)
     seen = []
     for rank in range(4):
-        stage = single_stage(shards, {"main/1": 0.5, "q1": 0.5}, BLOCK, seed=0)
+        stage = stream_stage(shards, {"main/1": 0.5, "q1": 0.5}, BLOCK, seed=0)
         stream = MixtureStream(shards, [stage], 2, shuffle=True, rank=rank, world_size=4)
         seen.append(block_ids(take(MixtureLoader(stream, num_workers=2), 4)))
     small = [offset for ids in seen for source, offset in ids if source == 2]
