@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -48,10 +47,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import litdata  # noqa: E402
 from litdata import TokensLoader  # noqa: E402
 from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset  # noqa: E402
 
+from common import log, machine_info, machine_lines, verdict  # noqa: E402
 from sharded_mix.blend import Blender  # noqa: E402
 from sharded_mix.discovery import DEFAULT_SHARD_TYPES, Shard, discover_shards  # noqa: E402
 from sharded_mix.prepare import write_token_shard  # noqa: E402
@@ -69,10 +68,6 @@ TARGET_STARTUP_S = 3.0  # start-up with the largest shard count, at most
 TARGET_STARTUP_SHARDS = 1000
 
 VOCAB = 50_000  # token ids below this (fits uint16)
-
-
-def log(message: str = "") -> None:
-    print(message, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,42 +353,8 @@ def time_datamodule(base: Path, val: Path, args) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "litdata": litdata.__version__,
-        "numpy": np.__version__,
-        "loadavg_start": os.getloadavg(),
-    }
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
 def report(results: dict, args) -> list[str]:
-    lines = []
-    m = results["machine"]
-    lines.append(f"machine: {m['cpu']}; {m['cores']} cores ({m['usable_cores']} usable); {m['platform']}")
-    lines.append(
-        f"python {m['python']}, torch {m['torch']}, litdata {m['litdata']}, numpy {m['numpy']}; "
-        f"load average at start {m['loadavg_start'][0]:.2f}, at end {m.get('loadavg_end', (float('nan'),))[0]:.2f}"
-    )
+    lines = machine_lines(results["machine"])
     d = results["data"]
     lines.append(
         f"data: 4 sources x {d['tokens_per_source']:,} uint16 tokens ({d['total_mb']:.0f} MB), chunks of "

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sharded_mix.blend import Blender
+from sharded_mix.orders import DEFAULT_SHUFFLE_WINDOW, LEGACY_WINDOW, Ordering
 from sharded_mix.transition import SourcePosition, TransitionRow, carry_over
 
 
@@ -30,6 +31,12 @@ class StreamStage:
     """Blocks in one epoch of each source, in this stage's block size."""
     label: str = "sample 0"
     """The start as the user wrote it, e.g. ``step 5``."""
+    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW
+    """Chunks whose blocks are shuffled together (``orders.py``)."""
+
+    @property
+    def ordering(self) -> Ordering:
+        return Ordering(self.seed, self.shuffle_window)
 
 
 class Cursor:
@@ -74,7 +81,7 @@ class Cursor:
         """Each source of the current stage: draws, epoch size, block size and any pin that still matters."""
         stage = self.stage
         return {
-            source: SourcePosition(self.draws(i), stage.blocks[source], self.pins.get(source), stage.block_size).settled(stage.seed)
+            source: SourcePosition(self.draws(i), stage.blocks[source], self.pins.get(source), stage.block_size).settled(stage.ordering)
             for i, source in enumerate(self.ids)
         }
 
@@ -85,14 +92,14 @@ class Cursor:
     def switch(self) -> tuple[StreamStage, list[TransitionRow]]:
         """Move to the latest stage that has started; returns the old stage and the carry-over."""
         old = self.stage
-        return old, self._carry_to_latest(self.positions(), self.dropped, old.weights, old.seed)
+        return old, self._carry_to_latest(self.positions(), self.dropped, old.weights, old.ordering)
 
     def _carry_to_latest(
-        self, positions: Mapping[str, SourcePosition], dropped: Mapping[str, SourcePosition], weights: Mapping[str, float], seed: int
+        self, positions: Mapping[str, SourcePosition], dropped: Mapping[str, SourcePosition], weights: Mapping[str, float], ordering: Ordering
     ) -> list[TransitionRow]:
         target = max(i for i, stage in enumerate(self.stages) if stage.start <= self.samples)
         new = self.stages[target]
-        carried, set_aside, rows = carry_over(positions, dropped, weights, seed, new.weights, new.blocks, new.seed, new.block_size)
+        carried, set_aside, rows = carry_over(positions, dropped, weights, ordering, new.weights, new.blocks, new.ordering, new.block_size)
         self._enter(target, carried, set_aside)
         return rows
 
@@ -105,6 +112,7 @@ class Cursor:
             "taken": dict(zip(self.ids, self.taken)),
             "weights": dict(stage.weights),
             "seed": stage.seed,
+            "shuffle_window": stage.shuffle_window,
             "block_size": stage.block_size,
             "sources": {source: position_entry(p) for source, p in self.positions().items()},
             "dropped": {source: position_entry(p) for source, p in self.dropped.items()},
@@ -112,15 +120,19 @@ class Cursor:
 
     def restore(self, state: Mapping) -> list[TransitionRow] | None:
         """Continue from a checkpoint's ``state``. The same stage, unchanged, resumes exactly (None);
-        otherwise the sources are carried over to the stage that is due, and the rows say how."""
+        otherwise the sources are carried over to the stage that is due, and the rows say how.
+
+        An epoch in progress always finishes in the ordering it started with, also when only the
+        shuffle window changed (or the checkpoint predates windows): that needs no transition."""
         self.samples = state["samples"]
-        active = {source: entry_position(entry, state["block_size"]) for source, entry in state["sources"].items()}
+        saved = saved_ordering(state)
+        active = {source: entry_position(entry, state["block_size"]).pinned(saved) for source, entry in state["sources"].items()}
         dropped = {source: entry_position(entry, 0) for source, entry in state.get("dropped", {}).items()}
         for index, stage in enumerate(self.stages):
             if stage.name == state.get("stage", stage.name) and stage.start <= self.samples and _same_stage(stage, state, active):
                 self._enter(index, active, dropped, state["taken"])
                 return None
-        return self._carry_to_latest(active, dropped, state["weights"], state["seed"])
+        return self._carry_to_latest(active, dropped, state["weights"], saved)
 
 
 def _same_stage(stage: StreamStage, state: Mapping, active: Mapping[str, SourcePosition]) -> bool:
@@ -145,10 +157,22 @@ def position_entry(position: SourcePosition) -> dict:
         "tokens": position.draws * position.block_size,
     }
     if position.pin is not None:
-        entry["pinned_seed"] = {"epoch": position.pin[0], "seed": position.pin[1]}
+        epoch, ordering = position.pin
+        entry["pinned_order"] = {"epoch": epoch, "seed": ordering.seed, "shuffle_window": ordering.window}
     return entry
 
 
+def saved_ordering(state: Mapping) -> Ordering:
+    """The ordering a checkpoint's stage ran with; states before version 3 used the v2 order."""
+    return Ordering(state["seed"], state.get("shuffle_window", LEGACY_WINDOW))
+
+
 def entry_position(entry: Mapping, block_size: int) -> SourcePosition:
-    pin = entry.get("pinned_seed")
-    return SourcePosition(entry["draws"], entry["blocks"], (pin["epoch"], pin["seed"]) if pin else None, entry.get("block_size", block_size))
+    if "pinned_order" in entry:
+        pin = entry["pinned_order"]
+        pinned = (pin["epoch"], Ordering(pin["seed"], pin["shuffle_window"]))
+    elif "pinned_seed" in entry:  # state version 2: the epoch was ordered by that seed, in the v2 order
+        pinned = (entry["pinned_seed"]["epoch"], Ordering(entry["pinned_seed"]["seed"], LEGACY_WINDOW))
+    else:
+        pinned = None
+    return SourcePosition(entry["draws"], entry["blocks"], pinned, entry.get("block_size", block_size))

@@ -14,6 +14,7 @@ from litgpt.tokenizer import Tokenizer
 from torch.utils.data import DataLoader
 
 from sharded_mix.discovery import Shard, discover_shards, resolve_shard_types
+from sharded_mix.orders import DEFAULT_SHUFFLE_WINDOW
 from sharded_mix.plan import PlanRow, format_mixture_plan, format_stage_plan, mixture_rows
 from sharded_mix.schedule import DataStage, Stage, StagePlanRow, TopLevel, build_stages, stage_plan_rows, stage_starts
 from sharded_mix.stream import distributed_rank_world, staged_loader, stream_stage, validation_loader
@@ -95,6 +96,10 @@ class ShardedMixedDataset(DataModule):
     """DataLoader worker processes per rank."""
     shuffle: bool = True
     """Shuffle training blocks (validation is never shuffled)."""
+    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW
+    """Chunks whose blocks are shuffled together: each epoch of a source visits its chunks in a shuffled order,
+    this many at a time, and permutes the blocks of those chunks. 1: one chunk at a time. Memory per source and
+    loader process: 8 bytes × shuffle_window × blocks per chunk. A change applies from each source's next epoch."""
     max_epochs_per_source: int | None = None
     """Stop with an error when a source would start more passes than this (default: no limit)."""
     stages: list[DataStage] | None = None
@@ -123,6 +128,11 @@ class ShardedMixedDataset(DataModule):
             raise ValueError("data_path is empty; set it to the directory holding your shards, e.g. data_path: data/mix.")
         if self.num_workers < 0:
             raise ValueError(f"num_workers is {self.num_workers}; use 0 (load in the main process) or more.")
+        if isinstance(self.shuffle_window, bool) or not isinstance(self.shuffle_window, int) or self.shuffle_window < 1:
+            raise ValueError(
+                f"shuffle_window is {self.shuffle_window!r}; use a whole number of chunks, 1 or more "
+                f"(1: one chunk at a time; default {DEFAULT_SHUFFLE_WINDOW})."
+            )
         self.shard_types = resolve_shard_types(self.shard_types)
         mix_config = None
         if self.mix_config_path is not None:
@@ -210,7 +220,7 @@ class ShardedMixedDataset(DataModule):
             )
         details = (
             f"mode={self.mix_spec.mode} from {self.mix_spec.origin}, temperature={self.mix_spec.temperature:g}, "
-            f"seed={self.seed}, block={self.seq_length} tokens"
+            f"seed={self.seed}, shuffle_window={self.shuffle_window}, block={self.seq_length} tokens"
         )
         log_rank_zero("%s", format_mixture_plan(self.plan_rows(), f"train {train_base}", details))
         log_rank_zero("%s", format_stage_plan(self.plan(), f"{len(self.schedule)} stage(s), train {train_base}"))
@@ -256,7 +266,9 @@ class ShardedMixedDataset(DataModule):
         max_seq_length = self.seq_length - 1
         starts = stage_starts(self.schedule, self.global_batch_size, max_seq_length, self.batch_size, world_size)
         stages = [
-            stream_stage(mixture.shards, weights, stage.block_size(max_seq_length), stage.seed, stage.name, start, str(stage.start))
+            stream_stage(
+                mixture.shards, weights, stage.block_size(max_seq_length), stage.seed, stage.name, start, str(stage.start), self.shuffle_window
+            )
             for stage, weights, start in zip(self.schedule, self.stage_weights, starts)
         ]
         return staged_loader(mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source)

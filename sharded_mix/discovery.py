@@ -17,7 +17,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -42,15 +42,22 @@ _TYPED_NAME = re.compile(r"^([A-Za-z_]+)(\d+)$")
 
 @dataclass(frozen=True)
 class Shard:
-    """One litdata token shard: a mixture source."""
+    """One litdata token shard: a mixture source, with what reading it needs (O(chunks), from ``index.json``)."""
 
     id: str
     type: str
     path: str
     tokens: int
     documents: int
-    chunk_tokens: tuple[int, ...]
+    chunk_tokens: tuple[int, ...] = field(repr=False)
     dtype: str
+    chunk_files: tuple[str, ...] = field(default=(), repr=False)
+    """Chunk file names, relative to ``path``."""
+    chunk_items: tuple[int, ...] = field(default=(), repr=False)
+    """Documents in each chunk (they size the chunk file's header)."""
+    plain_tokens: bool = False
+    """Whether the chunks are in the plain TokensLoader layout (no compression or encryption), so they can be
+    memory-mapped; other shards are read through litdata."""
 
     @property
     def chunks(self) -> int:
@@ -134,14 +141,31 @@ def shard_from_index(shard_id: str, type_name: str, path: str | Path, index: dic
             "write it with litdata optimize(item_loader=TokensLoader()) or `sharded-mix prepare`."
         )
     chunk_tokens = tuple(int(chunk["dim"]) for chunk in chunks)
+    chunk_items = tuple(int(chunk.get("chunk_size") or 0) for chunk in chunks)
     return Shard(
         id=shard_id,
         type=type_name,
         path=str(path),
         tokens=sum(chunk_tokens),
-        documents=sum(int(chunk.get("chunk_size") or 0) for chunk in chunks),
+        documents=sum(chunk_items),
         chunk_tokens=chunk_tokens,
         dtype=index_token_dtype(index),
+        chunk_files=tuple(str(chunk.get("filename")) for chunk in chunks),
+        chunk_items=chunk_items,
+        plain_tokens=is_plain_token_shard(index),
+    )
+
+
+def is_plain_token_shard(index: dict) -> bool:
+    """Whether ``index.json`` describes chunks in the plain TokensLoader layout (uncompressed, unencrypted)."""
+    config = index["config"]
+    formats = config.get("data_format") or []
+    return not (
+        config.get("compression")
+        or config.get("encryption")
+        or config.get("item_loader") != "TokensLoader"
+        or len(formats) != 1
+        or not str(formats[0]).startswith(("no_header_tensor:", "no_header_numpy:"))
     )
 
 

@@ -1,155 +1,128 @@
-"""One endless source: epoch orders over a shard's blocks (pure) and block reads.
+"""One endless source: block reads in the epoch orders of ``orders.py``.
 
-A source's g-th draw (counted over all ranks) is block ``order(epoch)[position]`` with
-``epoch, position = divmod(g, blocks)``. Each epoch is a fresh permutation seeded by
-(seed, shard id, epoch), chunk-local so reads stay within one chunk file at a time: the chunk
-order is shuffled, then the blocks inside each chunk. Nothing depends on how many draws came
-before, so any position is reached in O(1).
+A source's g-th draw (counted over all ranks) is the block at ``position`` of epoch ``epoch``,
+``epoch, position = divmod(g, blocks)``. Nothing depends on how many draws came before, so any
+position is reached in O(1); a reader holds one epoch order at a time, O(chunks) plus the shuffle
+window in use.
 
 Reads: a local, uncompressed, unencrypted token shard is read straight from memory maps of its
 chunk files, exactly as litdata's ``TokensLoader`` lays them out (a uint32 item count N, N + 1
 uint32 offsets, then the tokens; block b of a chunk is tokens ``[b·size, (b+1)·size)``). That
 skips litdata's per-item Python layers, which cost more than the rest of the stream together.
-A shard whose files do not match that layout byte for byte (compressed, encrypted, another
-format version) is read through litdata's ``StreamingDataset`` instead.
+Each chunk file's size is checked against its index entry when it is opened (one ``stat``, not
+one per chunk up front, so start-up stays flat at 30,000 chunks). A shard whose ``index.json``
+describes another layout (compressed, encrypted, another item loader) is read through litdata's
+``StreamingDataset`` instead.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
 
 import numpy as np
 
-from sharded_mix.discovery import Shard, read_index
+from sharded_mix.discovery import Shard
+from sharded_mix.orders import EpochOrder, Ordering, chunk_block_starts, epoch_order
+from sharded_mix.transition import Pin
 
 logger = logging.getLogger(__name__)
 
 HEADER_ITEM_BYTES = 4  # TokensLoader chunk header: uint32 count, then count + 1 uint32 offsets
 
 
-def _stable_id(shard_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(shard_id.encode("utf-8")).digest()[:8], "little")
+def map_chunk(shard: Shard, chunk: int, dtype: np.dtype) -> np.memmap:
+    """A read-only map of the tokens of a plain token shard's chunk ``chunk``.
 
-
-def epoch_order(chunk_blocks: Sequence[int], seed: int, shard_id: str, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """The block indices of one epoch of a shard whose chunks hold ``chunk_blocks`` blocks each."""
-    total = int(sum(chunk_blocks))
-    if not shuffle:
-        return np.arange(total, dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(chunk_blocks)[:-1]]).astype(np.int64)
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _stable_id(shard_id), int(epoch)])
-    parts = [starts[chunk] + rng.permutation(int(chunk_blocks[chunk])) for chunk in rng.permutation(len(chunk_blocks))]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
-def direct_chunk_layout(path: str, index: dict, dtype: np.dtype) -> list[tuple[str, int, int]] | None:
-    """``(chunk file, header bytes, tokens)`` per chunk if every chunk file is local and in the plain
-    TokensLoader layout (checked against its size on disk); ``None`` if litdata must read the shard."""
-    config = index["config"]
-    formats = config.get("data_format") or []
-    if (
-        config.get("compression")
-        or config.get("encryption")
-        or config.get("item_loader") != "TokensLoader"
-        or len(formats) != 1
-        or not str(formats[0]).startswith(("no_header_tensor:", "no_header_numpy:"))
-    ):
-        return None
-    layout = []
-    for chunk in index["chunks"]:
-        filename = os.path.join(path, chunk["filename"])
-        header = (int(chunk["chunk_size"]) + 2) * HEADER_ITEM_BYTES
-        tokens = int(chunk["dim"])
-        try:
-            size = os.path.getsize(filename)
-        except OSError:
-            return None
-        if size != header + tokens * dtype.itemsize:
-            return None
-        layout.append((filename, header, tokens))
-    return layout
+    The file's size is checked against its ``index.json`` entry first, so a missing, truncated or
+    rewritten chunk is an error naming it, never garbage tokens or a hang.
+    """
+    filename = os.path.join(shard.path, shard.chunk_files[chunk])
+    header, tokens = (shard.chunk_items[chunk] + 2) * HEADER_ITEM_BYTES, shard.chunk_tokens[chunk]
+    expected = header + tokens * dtype.itemsize
+    try:
+        size = os.path.getsize(filename)
+    except OSError as err:
+        raise ValueError(
+            f"shard {shard.id!r}: chunk file {filename!r} cannot be read ({err.strerror}); restore it, or "
+            "re-run `sharded-mix prepare` for this shard."
+        ) from err
+    if size != expected:
+        raise ValueError(
+            f"shard {shard.id!r}: chunk file {filename!r} holds {size:,} bytes, but index.json says {tokens:,} "
+            f"{dtype} tokens after a {header}-byte header ({expected:,} bytes): the file is truncated or was "
+            "rewritten; restore it, or re-run `sharded-mix prepare` for this shard."
+        )
+    return np.memmap(filename, dtype=dtype, mode="r", offset=header, shape=(tokens,))
 
 
 class ChunkMaps:
-    """Read-only memory maps of chunk files, at most ``max_open`` at once (least recently used closes)."""
+    """Open chunk maps of every source of a process, at most ``max_open`` at once (least recently used closes)."""
 
     def __init__(self, dtype: np.dtype, max_open: int = 64) -> None:
         self.dtype = dtype
         self.max_open = max_open
-        self._maps: OrderedDict[str, np.memmap] = OrderedDict()
+        self._maps: OrderedDict[tuple[str, int], np.memmap] = OrderedDict()
 
-    def get(self, filename: str, header: int, tokens: int) -> np.memmap:
-        tokens_map = self._maps.get(filename)
+    def get(self, shard: Shard, chunk: int) -> np.memmap:
+        key = (shard.path, chunk)
+        tokens_map = self._maps.get(key)
         if tokens_map is None:
-            tokens_map = np.memmap(filename, dtype=self.dtype, mode="r", offset=header, shape=(tokens,))
-            self._maps[filename] = tokens_map
+            tokens_map = map_chunk(shard, chunk, self.dtype)
+            self._maps[key] = tokens_map
             if len(self._maps) > self.max_open:
                 self._maps.popitem(last=False)
         else:
-            self._maps.move_to_end(filename)
+            self._maps.move_to_end(key)
         return tokens_map
 
 
 class SourceReader:
     """Reads the blocks of one shard in its epoch orders; files are opened on the first read."""
 
-    def __init__(
-        self, shard: Shard, block_size: int, seed: int, shuffle: bool, maps: ChunkMaps, pin: tuple[int, int] | None = None
-    ) -> None:
+    def __init__(self, shard: Shard, block_size: int, ordering: Ordering | None, maps: ChunkMaps, pin: Pin | None = None) -> None:
         self.shard = shard
         self.block_size = block_size
-        self.seed = seed
-        self.shuffle = shuffle
+        self.ordering = ordering  # None: unshuffled
         self.maps = maps
-        self.pin = pin  # (epoch, seed): that epoch keeps the order an earlier seed gave it
+        self.pin = pin  # (epoch, ordering): that epoch keeps the ordering it started with
         self.chunk_blocks = [tokens // block_size for tokens in shard.chunk_tokens]
-        self.chunk_starts = np.concatenate([[0], np.cumsum(self.chunk_blocks)]).astype(np.int64).tolist()
+        self.chunk_starts = chunk_block_starts(self.chunk_blocks).tolist()
         self.blocks = self.chunk_starts[-1]
-        self._opened = False
-        self._layout: list[tuple[str, int, int]] | None = None
-        self._dataset = None
+        self._dataset = None  # litdata's, for shards that are not plain token shards
         self._epoch: int | None = None
-        self._order: list[int] = []
+        self._order: EpochOrder | None = None
 
     def locate(self, draw: int) -> tuple[int, int]:
         """``(epoch, block index)`` of the source's ``draw``-th block."""
         epoch, position = divmod(draw, self.blocks)
         if epoch != self._epoch:
-            seed = self.pin[1] if self.pin is not None and self.pin[0] == epoch else self.seed
-            self._order = epoch_order(self.chunk_blocks, seed, self.shard.id, epoch, self.shuffle).tolist()
+            ordering = self.pin[1] if self.ordering is not None and self.pin is not None and self.pin[0] == epoch else self.ordering
+            self._order = epoch_order(self.chunk_blocks, ordering, self.shard.id, epoch)
             self._epoch = epoch
-        return epoch, self._order[position]
+        return epoch, self._order.block(position)
 
     @property
     def direct(self) -> bool:
         """Whether blocks are read from memory maps of the chunk files (else through litdata)."""
-        self._open()
-        return self._layout is not None
+        return self.shard.plain_tokens
 
     def read_into(self, draw: int, out: np.ndarray) -> None:
         """Copy the source's ``draw``-th block into ``out`` (one row of a batch)."""
-        if not self._opened:
-            self._open()
         block = self.locate(draw)[1]
-        if self._layout is None:
-            out[:] = np.asarray(self._dataset[block])
+        if not self.shard.plain_tokens:
+            out[:] = np.asarray(self._litdata()[block])
             return
         chunk = bisect.bisect_right(self.chunk_starts, block) - 1
         start = (block - self.chunk_starts[chunk]) * self.block_size
-        out[:] = self.maps.get(*self._layout[chunk])[start : start + self.block_size]
+        out[:] = self.maps.get(self.shard, chunk)[start : start + self.block_size]
 
-    def _open(self) -> None:
-        if self._opened:
-            return
-        self._layout = direct_chunk_layout(self.shard.path, read_index(self.shard.path), self.maps.dtype)
-        if self._layout is None:
+    def _litdata(self):
+        if self._dataset is None:
             from litdata.streaming import StreamingDataset, TokensLoader
 
-            logger.debug("shard %s is read through litdata (not a plain local token shard)", self.shard.id)
+            logger.debug("shard %s is read through litdata (not a plain token shard)", self.shard.id)
             self._dataset = StreamingDataset(self.shard.path, item_loader=TokensLoader(block_size=self.block_size))
-        self._opened = True
+        return self._dataset

@@ -3,8 +3,9 @@
 Training: we own the index (design 2 of ARCHITECTURE.md) and read blocks in litdata's layout.
 The k-th sample of a rank comes from the source its stage's ``Blender`` picks for k; that
 source's draw number, counted over all ranks, names the block through its epoch order
-(``sources.py``). Every rank runs the same blend, so rank r takes draws r, r + world,
-r + 2·world, ... of each source: ranks are disjoint and together follow the blend. DataLoader
+(``orders.py``: O(chunks) per epoch, only the shuffle window in use is materialised), read from
+the chunk files (``sources.py``). Every rank runs the same blend, so rank r takes draws r,
+r + world, r + 2·world, ... of each source: ranks are disjoint and together follow the blend. DataLoader
 workers take whole batches in turn (batch j → worker j mod workers), which is the order torch's
 DataLoader returns them in; each batch travels with the blend indices of its sources, so the
 loader in the main process advances its ``Cursor`` (``cursor.py``) without running the blend
@@ -29,14 +30,17 @@ from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, Str
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sharded_mix.discovery import Shard
-from sharded_mix.cursor import Cursor, StreamStage
+from sharded_mix.cursor import Cursor, StreamStage, saved_ordering
+from sharded_mix.orders import DEFAULT_SHUFFLE_WINDOW
 from sharded_mix.sources import ChunkMaps, SourceReader
 from sharded_mix.transition import format_transition
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+"""Version 3 orders epochs by shuffle windows (``orders.py``); an epoch a version 1 or 2 checkpoint
+started finishes in the order of those versions."""
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -54,13 +58,14 @@ def stream_stage(
     name: str = "default",
     start: int = 0,
     label: str = "sample 0",
+    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
 ) -> StreamStage:
     """A stage drawing the shards of positive weight in blocks of ``block_size`` from sample ``start`` (per rank);
     with the defaults, the one stage of a run without ``stages``."""
     chosen = {shard.id: shard for shard in shards if weights.get(shard.id, 0) > 0}
     return StreamStage(
         name, start, {source: weights[source] for source in chosen}, seed, block_size,
-        {source: shard.blocks(block_size) for source, shard in chosen.items()}, label,
+        {source: shard.blocks(block_size) for source, shard in chosen.items()}, label, shuffle_window,
     )
 
 
@@ -101,7 +106,7 @@ class MixtureStream(IterableDataset):
         """
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        cursor, maps = self.cursor, ChunkMaps(self.dtype)
+        cursor, maps = self.cursor, ChunkMaps(self.dtype, self._max_open_maps())
         readers = self._readers(cursor, maps)
         offset = self.rank - self.world_size  # this rank's draw is the global count before the sample, plus its rank
         batch = 0
@@ -125,9 +130,14 @@ class MixtureStream(IterableDataset):
     def _readers(self, cursor: Cursor, maps: ChunkMaps) -> list[SourceReader]:
         stage = cursor.stage
         return [
-            SourceReader(self.shards[source], stage.block_size, stage.seed, self.shuffle, maps, cursor.pins.get(source))
+            SourceReader(self.shards[source], stage.block_size, stage.ordering if self.shuffle else None, maps, cursor.pins.get(source))
             for source in cursor.ids
         ]
+
+    def _max_open_maps(self) -> int:
+        """Enough chunk maps for every source's window and the next one, so reads never reopen files."""
+        windows = max(stage.shuffle_window for stage in self.stages)
+        return max(64, 2 * windows * len(self.shards))
 
 
 def _as_is(batch):
@@ -206,7 +216,7 @@ class MixtureLoader(DataLoader):
             changed.append(f"seq_len {old.block_size - 1} -> {new.block_size - 1}")
         heading = f"{new.label} ({self.cursor.samples:,} samples per rank): {old.name} -> {new.name}"
         details = [f"changed: {', '.join(changed) or 'nothing'}"]
-        logger.info("%s", format_transition(rows, heading, old.seed, new.seed, banner="DATA STAGE TRANSITION", details=details))
+        logger.info("%s", format_transition(rows, heading, old.ordering, new.ordering, banner="DATA STAGE TRANSITION", details=details))
 
     def state_dict(self) -> dict:
         stream: MixtureStream = self.dataset
@@ -235,7 +245,13 @@ class MixtureLoader(DataLoader):
             details = [] if state["block_size"] == self.cursor.stage.block_size else [
                 f"block size {state['block_size']} -> {self.cursor.stage.block_size} (seq_len {state['block_size'] - 1} -> {self.cursor.stage.block_size - 1})"
             ]
-            logger.info("%s", format_transition(rows, heading, state["seed"], self.cursor.stage.seed, details=details))
+            logger.info("%s", format_transition(rows, heading, saved_ordering(state), self.cursor.stage.ordering, details=details))
+        saved, ordering = saved_ordering(state), self.cursor.stage.ordering
+        if rows is None and saved != ordering and rank_zero_only.rank == 0:
+            logger.info(
+                "resuming with %s; the checkpoint ran with %s: each source finishes its epoch in progress in the "
+                "checkpoint's order, and its next epochs follow the new one", ordering.describe(), saved.describe(),
+            )
 
 
 def mixture_loader(
@@ -247,9 +263,11 @@ def mixture_loader(
     shuffle: bool,
     num_workers: int,
     max_epochs_per_source: int | None = None,
+    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
 ) -> MixtureLoader:
     """The training loader for one blend from the first sample on."""
-    return staged_loader(shards, [stream_stage(shards, weights, block_size, seed)], batch_size, shuffle, num_workers, max_epochs_per_source)
+    stage = stream_stage(shards, weights, block_size, seed, shuffle_window=shuffle_window)
+    return staged_loader(shards, [stage], batch_size, shuffle, num_workers, max_epochs_per_source)
 
 
 def staged_loader(

@@ -2,9 +2,10 @@
 
 Used when a run resumes with a changed blend (midtraining). A source's position is its global
 draw count: sources in both blends continue where they are, new ones start at draw 0, removed
-ones are set aside (and continue from there if a later blend brings them back). A new seed
-applies to each source from its next epoch: a source in the middle of an epoch keeps that
-epoch's order (its *pin*), so nothing it already gave is read again before the epoch ends.
+ones are set aside (and continue from there if a later blend brings them back). A new seed or
+shuffle window (an ``Ordering``) applies to each source from its next epoch: a source in the
+middle of an epoch keeps that epoch's ordering (its *pin*), so nothing it already gave is read
+again before the epoch ends.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-Pin = tuple[int, int]
-"""``(epoch, seed)``: that epoch of the source is ordered with that seed, whatever the run's seed is."""
+from sharded_mix.orders import LEGACY_WINDOW, Ordering
+
+Pin = tuple[int, Ordering]
+"""``(epoch, ordering)``: that epoch of the source keeps that ordering, whatever the run's is."""
 
 
 @dataclass(frozen=True)
@@ -35,17 +38,17 @@ class SourcePosition:
         """Position inside the current epoch."""
         return self.draws % self.blocks
 
-    def settled(self, seed: int) -> SourcePosition:
-        """Drop a pin that no longer matters: its epoch is over, or it names ``seed``, the seed in force."""
-        if self.pin is not None and (self.pin[0] != self.epoch or self.offset == 0 or self.pin[1] == seed):
+    def settled(self, ordering: Ordering) -> SourcePosition:
+        """Drop a pin that no longer matters: its epoch is over, or it names ``ordering``, the one in force."""
+        if self.pin is not None and (self.pin[0] != self.epoch or self.offset == 0 or self.pin[1] == ordering):
             return replace(self, pin=None)
         return self
 
-    def pinned(self, seed: int) -> SourcePosition:
-        """Keep the order of the epoch in progress, which ``seed`` (or an earlier pin) chose."""
+    def pinned(self, ordering: Ordering) -> SourcePosition:
+        """Keep the order of the epoch in progress, which ``ordering`` (or an earlier pin) chose."""
         if self.offset == 0 or (self.pin is not None and self.pin[0] == self.epoch):
             return self
-        return replace(self, pin=(self.epoch, seed))
+        return replace(self, pin=(self.epoch, ordering))
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,10 @@ def carry_over(
     active: Mapping[str, SourcePosition],
     dropped: Mapping[str, SourcePosition],
     old_weights: Mapping[str, float],
-    old_seed: int,
+    old_ordering: Ordering,
     new_weights: Mapping[str, float],
     new_blocks: Mapping[str, int],
-    new_seed: int,
+    new_ordering: Ordering,
     new_block_size: int = 0,
 ) -> tuple[dict[str, SourcePosition], dict[str, SourcePosition], list[TransitionRow]]:
     """Positions of the new blend's sources, the set-aside ones, and one row per source for the log.
@@ -80,12 +83,12 @@ def carry_over(
     for source in sorted(set(new_weights) | set(active)):
         old_weight, new_weight = old_weights.get(source), new_weights.get(source)
         if source not in new_weights:
-            set_aside[source] = active[source].pinned(old_seed)
+            set_aside[source] = active[source].pinned(old_ordering)
             rows.append(TransitionRow(source, old_weight, None, "dropped", set_aside[source]))
             continue
         previous, status = active.get(source), "continues"
         if previous is not None:
-            previous = previous.pinned(old_seed)
+            previous = previous.pinned(old_ordering)
         elif source in set_aside:
             previous, status = set_aside.pop(source), "back"
         if previous is None:
@@ -96,7 +99,7 @@ def carry_over(
         elif previous.blocks != new_blocks[source]:
             position, status = SourcePosition(0, new_blocks[source], block_size=new_block_size), "restarted"
         else:
-            position = replace(previous.settled(new_seed), block_size=new_block_size or previous.block_size)
+            position = replace(previous.settled(new_ordering), block_size=new_block_size or previous.block_size)
         carried[source] = position
         rows.append(TransitionRow(source, old_weight, new_weight, status, position))
     return carried, set_aside, rows
@@ -115,16 +118,19 @@ STATUS_NOTES = {
 def format_transition(
     rows: list[TransitionRow],
     heading: str,
-    old_seed: int,
-    new_seed: int,
+    old: Ordering,
+    new: Ordering,
     banner: str = "DATA MIX TRANSITION",
     details: Sequence[str] = (),
 ) -> str:
     """A fixed-format block: old and new weight per source and the position carried over."""
     header = f"{'source':<14} {'old weight':>11} {'new weight':>11}  {'status':<10} {'epoch':>6} {'position / blocks':>20}  note"
     lines = [f"===== {banner}: {heading} =====", *details]
-    if old_seed != new_seed:
-        lines.append(f"seed {old_seed} -> {new_seed}: a source in mid-epoch finishes it in the old order; the new seed orders its next epochs")
+    changes = [f"seed {old.seed} -> {new.seed}"] if old.seed != new.seed else []
+    if old.window != new.window:
+        changes.append(f"shuffle window {window_name(old.window)} -> {window_name(new.window)}")
+    if changes:
+        lines.append(f"{', '.join(changes)}: a source in mid-epoch finishes it in the old order; the new one orders its next epochs")
     lines += [header, "-" * len(header)]
     for row in rows:
         old = f"{row.old_weight:.4f}" if row.old_weight is not None else "-"
@@ -132,6 +138,16 @@ def format_transition(
         where = f"{row.position.offset:,} / {row.position.blocks:,}"
         note = STATUS_NOTES[row.status]
         if row.position.pin is not None:
-            note = "; ".join(filter(None, [note, f"epoch {row.position.pin[0]} keeps seed {row.position.pin[1]}"]))
+            note = "; ".join(filter(None, [note, pin_note(row.position.pin)]))
         lines.append(f"{row.id:<14} {old:>11} {new:>11}  {row.status:<10} {row.position.epoch:>6} {where:>20}  {note}".rstrip())
     return "\n".join(lines)
+
+
+def window_name(window: int) -> str:
+    return "v2 (state version 2's chunk-local order)" if window == LEGACY_WINDOW else str(window)
+
+
+def pin_note(pin: Pin) -> str:
+    """How a pinned epoch is ordered, for the logs and ``data-position``."""
+    epoch, ordering = pin
+    return f"epoch {epoch} keeps {ordering.describe()}"

@@ -1,4 +1,4 @@
-"""The benchmark script still runs against the current engine (a smoke run; its timings are not checked here)."""
+"""The benchmark scripts still run against the current engine (smoke runs; their timings are not checked here)."""
 
 import json
 import subprocess
@@ -8,12 +8,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_benchmark(script: str, *args: str) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
 def test_benchmark_quick_run_completes(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_mixture.py"), "--quick", "--workers", "0", "--repeats", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    run_benchmark("bench_mixture.py", "--quick", "--workers", "0", "--repeats", "1", "--json", str(out))
     results = json.loads(out.read_text())
     assert results["throughput"]["0"]["ours"]["tokens"] > 0
+
+
+def test_scale_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "scale.json"
+    run_benchmark("bench_scale.py", "--quick", "--workers", "0", "--data-dir", str(tmp_path / "data"), "--json", str(out))
+    results = json.loads(out.read_text())
+    assert list(results["scales"]) == ["1B", "10B"]
+    crossing = results["scales"]["10B"]["crossing"]
+    assert crossing["crossing_batch"] is not None and crossing["chunks"] == 120
+    assert results["scales"]["10B"]["fresh"]["0"]["rss_main_mib"] > 0

@@ -97,7 +97,7 @@ def test_midtraining_resumes_a_checkpoint_with_a_changed_blend(pretrained, init_
     for source in set(before["sources"]) - set(weights):
         assert state["dropped"][source]["draws"] == before["sources"][source]["draws"]
     if init_args.get("seed") == 7:
-        assert all(entry["pinned_seed"] == {"epoch": 0, "seed": 42} for entry in state["sources"].values())
+        assert all(entry["pinned_order"] == {"epoch": 0, "seed": 42, "shuffle_window": 4} for entry in state["sources"].values())
 
 
 def test_warm_start_from_weights_only_starts_the_data_fresh(pretrained):

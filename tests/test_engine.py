@@ -95,12 +95,12 @@ def test_resume_is_o1_at_a_hundred_million_samples(scenario):
     loader.load_state_dict(state)
     blocks = block_ids(take(loader, 1))
     assert [source for source, _ in blocks] == [1, 2, 1, 2, 1, 1, 2, 1, 2, 1]
-    from sharded_mix.sources import epoch_order
+    from sharded_mix.orders import Ordering, epoch_order
 
     (main_shard,) = [s for s in loader.dataset.shards.values() if s.id == "main/1"]
     reader_chunks = [tokens // BLOCK for tokens in main_shard.chunk_tokens]
     epoch, position = divmod(60_000_000, 1206)
-    expected_block = epoch_order(reader_chunks, 42, "main/1", epoch)[position]
+    expected_block = epoch_order(reader_chunks, Ordering(42), "main/1", epoch).block(position)
     assert blocks[0][1] == expected_block * BLOCK
 
 

@@ -1,4 +1,4 @@
-"""Sources: epoch orders (pure) and block reads, direct from the chunk files or through litdata."""
+"""Sources: block reads, direct from the chunk files or through litdata."""
 
 from pathlib import Path
 
@@ -8,27 +8,9 @@ import torch
 from litdata.streaming import StreamingDataset, TokensLoader
 
 from conftest import encoded_tokens, write_token_shard
-from sharded_mix.discovery import discover_shards, read_index
-from sharded_mix.sources import ChunkMaps, SourceReader, direct_chunk_layout, epoch_order
+from sharded_mix.discovery import discover_shards, is_plain_token_shard, read_index
+from sharded_mix.sources import ChunkMaps, SourceReader
 from sharded_mix.stream import mixture_loader
-
-
-def test_epoch_order_is_a_chunk_local_permutation():
-    chunk_blocks = [5, 3, 7]
-    order = epoch_order(chunk_blocks, seed=1, shard_id="c1", epoch=0)
-    assert sorted(order.tolist()) == list(range(15))
-    chunk_of = np.repeat(np.arange(3), chunk_blocks)[order]
-    assert (np.diff(chunk_of) != 0).sum() == 2  # each chunk is read in one run
-    assert order.tolist() != list(range(15))
-
-
-def test_epoch_orders_depend_on_seed_shard_and_epoch_only():
-    chunk_blocks = [50, 50]
-    base = epoch_order(chunk_blocks, 7, "m1", 3)
-    assert np.array_equal(base, epoch_order(chunk_blocks, 7, "m1", 3))
-    for other in (epoch_order(chunk_blocks, 8, "m1", 3), epoch_order(chunk_blocks, 7, "m2", 3), epoch_order(chunk_blocks, 7, "m1", 4)):
-        assert not np.array_equal(base, other)
-    assert epoch_order(chunk_blocks, 7, "m1", 3, shuffle=False).tolist() == list(range(100))
 
 
 def _odd_shard(path: Path, dtype: torch.dtype = torch.int32, **kwargs) -> Path:
@@ -41,7 +23,7 @@ def _odd_shard(path: Path, dtype: torch.dtype = torch.int32, **kwargs) -> Path:
 
 def _reader(path: Path, block_size: int, maps: ChunkMaps | None = None) -> SourceReader:
     (shard,) = discover_shards(str(path.parent))
-    return SourceReader(shard, block_size, seed=0, shuffle=False, maps=maps or ChunkMaps(np.dtype(shard.dtype)))
+    return SourceReader(shard, block_size, None, maps=maps or ChunkMaps(np.dtype(shard.dtype)))
 
 
 def _litdata_blocks(path: Path, block_size: int) -> list[np.ndarray]:
@@ -72,14 +54,28 @@ def test_compressed_shards_are_read_through_litdata(tmp_path):
         assert np.array_equal(row, want), block
 
 
-def test_files_that_do_not_match_the_layout_are_left_to_litdata(tmp_path):
+def test_only_plain_token_shards_are_read_directly(tmp_path):
     path = _odd_shard(tmp_path / "data" / "c1")
     index = read_index(path)
-    assert direct_chunk_layout(str(path), index, np.dtype("int32")) is not None
-    assert direct_chunk_layout(str(path), index, np.dtype("int16")) is None  # sizes disagree
-    assert direct_chunk_layout(str(path), {**index, "config": {**index["config"], "encryption": "fernet"}}, np.dtype("int32")) is None
-    (path / index["chunks"][-1]["filename"]).unlink()
-    assert direct_chunk_layout(str(path), index, np.dtype("int32")) is None
+    assert is_plain_token_shard(index)
+    for change in ({"encryption": "fernet"}, {"compression": "zstd"}, {"item_loader": "PyTreeLoader"}):
+        assert not is_plain_token_shard({**index, "config": {**index["config"], **change}})
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "grown"])
+def test_a_damaged_chunk_file_is_an_error_naming_it(tmp_path, damage):
+    path = _odd_shard(tmp_path / "data" / "c1")
+    victim = path / read_index(path)["chunks"][-1]["filename"]
+    if damage == "missing":
+        victim.unlink()
+    else:
+        with open(victim, "r+b") as f:
+            f.truncate(victim.stat().st_size + (-10 if damage == "truncated" else 10))
+    reader = _reader(path, block_size=33)
+    row = np.empty(33, dtype=np.int32)
+    reader.read_into(0, row)  # the first chunk is fine
+    with pytest.raises(ValueError, match=rf"shard 'c1': chunk file '.*{victim.name}' (cannot be read|holds [\d,]+ bytes, but index.json says)"):
+        reader.read_into(reader.blocks - 1, row)
 
 
 def test_at_most_max_open_chunk_maps(tmp_path):

@@ -6,8 +6,10 @@ from collections import Counter
 import pytest
 
 from conftest import BLOCK, block_ids, make, take, write_source
-from sharded_mix.sources import epoch_order
+from sharded_mix.orders import Ordering, epoch_order
 from sharded_mix.transition import SourcePosition, carry_over, format_transition
+
+S42, S7, S3 = Ordering(42), Ordering(7), Ordering(3)
 
 # ---- pure rules -------------------------------------------------------------------------------
 
@@ -15,43 +17,50 @@ from sharded_mix.transition import SourcePosition, carry_over, format_transition
 def test_sources_continue_start_fresh_or_are_set_aside():
     active = {"main/1": SourcePosition(500, 1000), "c1": SourcePosition(130, 90)}
     carried, dropped, rows = carry_over(
-        active, {}, {"main/1": 0.8, "c1": 0.2}, 42, {"main/1": 0.88, "m1": 0.12}, {"main/1": 1000, "m1": 50}, 42
+        active, {}, {"main/1": 0.8, "c1": 0.2}, S42, {"main/1": 0.88, "m1": 0.12}, {"main/1": 1000, "m1": 50}, S42
     )
     assert carried == {"main/1": SourcePosition(500, 1000), "m1": SourcePosition(0, 50)}
-    assert dropped == {"c1": SourcePosition(130, 90, pin=(1, 42))}  # keeps its epoch's order for a comeback
+    assert dropped == {"c1": SourcePosition(130, 90, pin=(1, S42))}  # keeps its epoch's order for a comeback
     assert [(row.id, row.old_weight, row.new_weight, row.status) for row in rows] == [
         ("c1", 0.2, None, "dropped"), ("m1", None, 0.12, "new"), ("main/1", 0.8, 0.88, "continues")
     ]
 
 
 def test_a_new_seed_applies_from_each_source_next_epoch():
-    active = {"a": SourcePosition(250, 100), "b": SourcePosition(200, 100), "c": SourcePosition(150, 100, pin=(1, 3))}
-    carried, _, _ = carry_over(active, {}, dict.fromkeys("abc", 1 / 3), 42, dict.fromkeys("abc", 1 / 3), dict.fromkeys("abc", 100), 7)
-    assert carried["a"].pin == (2, 42)  # mid-epoch: finishes it in seed 42's order
+    active = {"a": SourcePosition(250, 100), "b": SourcePosition(200, 100), "c": SourcePosition(150, 100, pin=(1, S3))}
+    carried, _, _ = carry_over(active, {}, dict.fromkeys("abc", 1 / 3), S42, dict.fromkeys("abc", 1 / 3), dict.fromkeys("abc", 100), S7)
+    assert carried["a"].pin == (2, S42)  # mid-epoch: finishes it in seed 42's order
     assert carried["b"].pin is None  # at an epoch boundary: epoch 2 already uses seed 7
-    assert carried["c"].pin == (1, 3)  # an older pin on the same epoch stays
+    assert carried["c"].pin == (1, S3)  # an older pin on the same epoch stays
+
+
+def test_a_new_shuffle_window_applies_from_each_source_next_epoch():
+    active = {"a": SourcePosition(250, 100), "b": SourcePosition(200, 100)}
+    carried, _, _ = carry_over(active, {}, {"a": 0.5, "b": 0.5}, Ordering(42, 4), {"a": 0.5, "b": 0.5}, {"a": 100, "b": 100}, Ordering(42, 1))
+    assert carried["a"].pin == (2, Ordering(42, 4)) and carried["b"].pin is None
 
 
 def test_pins_settle_when_they_no_longer_matter():
-    assert SourcePosition(150, 100, pin=(1, 42)).settled(7).pin == (1, 42)
-    assert SourcePosition(150, 100, pin=(1, 7)).settled(7).pin is None  # the seed in force anyway
-    assert SourcePosition(200, 100, pin=(1, 42)).settled(7).pin is None  # its epoch is over
-    assert SourcePosition(250, 100, pin=(1, 42)).settled(7).pin is None
+    assert SourcePosition(150, 100, pin=(1, S42)).settled(S7).pin == (1, S42)
+    assert SourcePosition(150, 100, pin=(1, S7)).settled(S7).pin is None  # the ordering in force anyway
+    assert SourcePosition(150, 100, pin=(1, Ordering(7, 1))).settled(S7).pin == (1, Ordering(7, 1))  # another window
+    assert SourcePosition(200, 100, pin=(1, S42)).settled(S7).pin is None  # its epoch is over
+    assert SourcePosition(250, 100, pin=(1, S42)).settled(S7).pin is None
 
 
 def test_a_dropped_source_comes_back_where_it_stopped_and_a_changed_shard_restarts():
-    dropped = {"m1": SourcePosition(70, 50, pin=(1, 42))}
+    dropped = {"m1": SourcePosition(70, 50, pin=(1, S42))}
     carried, still_dropped, rows = carry_over(
-        {"main/1": SourcePosition(10, 100)}, dropped, {"main/1": 1.0}, 7, {"main/1": 0.5, "m1": 0.5}, {"main/1": 120, "m1": 50}, 7
+        {"main/1": SourcePosition(10, 100)}, dropped, {"main/1": 1.0}, S7, {"main/1": 0.5, "m1": 0.5}, {"main/1": 120, "m1": 50}, S7
     )
-    assert carried["m1"] == SourcePosition(70, 50, pin=(1, 42)) and still_dropped == {}
+    assert carried["m1"] == SourcePosition(70, 50, pin=(1, S42)) and still_dropped == {}
     assert carried["main/1"] == SourcePosition(0, 120)
     assert {row.id: row.status for row in rows} == {"m1": "back", "main/1": "restarted"}
 
 
 def test_transition_block_is_greppable():
-    _, _, rows = carry_over({"main/1": SourcePosition(500, 1000)}, {}, {"main/1": 1.0}, 42, {"main/1": 0.88, "m1": 0.12}, {"main/1": 1000, "m1": 50}, 7)
-    text = format_transition(rows, "resuming after 500 samples per rank", 42, 7)
+    _, _, rows = carry_over({"main/1": SourcePosition(500, 1000)}, {}, {"main/1": 1.0}, S42, {"main/1": 0.88, "m1": 0.12}, {"main/1": 1000, "m1": 50}, S7)
+    text = format_transition(rows, "resuming after 500 samples per rank", S42, S7)
     assert text.splitlines()[0] == "===== DATA MIX TRANSITION: resuming after 500 samples per rank ====="
     assert "seed 42 -> 7" in text
     assert any(line.split()[:6] == ["main/1", "1.0000", "0.8800", "continues", "0", "500"] for line in text.splitlines())
@@ -79,12 +88,13 @@ def per_source(ids):
 
 
 def source_sequence(data, shard_id, seeds, count):
-    """The first ``count`` block offsets of a source whose epoch e is ordered with ``seeds[e]``."""
+    """The first ``count`` block offsets of a source whose epoch e is ordered with ``seeds[e]`` (a seed or an ``Ordering``)."""
     (shard,) = [shard for shard in data.train_mixture.shards if shard.id == shard_id]
     chunk_blocks = [tokens // BLOCK for tokens in shard.chunk_tokens]
     offsets = []
     for epoch, seed in enumerate(seeds):
-        offsets += [int(block) * BLOCK for block in epoch_order(chunk_blocks, seed, shard_id, epoch)]
+        order = epoch_order(chunk_blocks, seed if isinstance(seed, Ordering) else Ordering(seed), shard_id, epoch)
+        offsets += [order.block(position) * BLOCK for position in range(sum(chunk_blocks))]
     assert len(offsets) >= count
     return offsets[:count]
 
@@ -174,8 +184,9 @@ def test_state_after_a_transition_reports_positions_and_pins(midtrain_data):
     saved = loader.state_dict()
     assert saved["samples"] == 270 and saved["taken"] == {"c1": 8, "main/1": 12}
     assert saved["sources"]["main/1"]["draws"] == 175 + 12
-    assert saved["sources"]["main/1"]["pinned_seed"] == {"epoch": 0, "seed": 42}
-    assert saved["sources"]["c1"]["draws"] == 8 and "pinned_seed" not in saved["sources"]["c1"]
+    pin = {"epoch": 0, "seed": 42, "shuffle_window": 4}
+    assert saved["sources"]["main/1"]["pinned_order"] == pin
+    assert saved["sources"]["c1"]["draws"] == 8 and "pinned_order" not in saved["sources"]["c1"]
     assert saved["dropped"] == {
-        "m1": {"draws": 75, "epoch": 0, "position": 75, "blocks": 181, "block_size": BLOCK, "tokens": 75 * BLOCK, "pinned_seed": {"epoch": 0, "seed": 42}}
+        "m1": {"draws": 75, "epoch": 0, "position": 75, "blocks": 181, "block_size": BLOCK, "tokens": 75 * BLOCK, "pinned_order": pin}
     }

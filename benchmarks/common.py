@@ -1,0 +1,69 @@
+"""Helpers shared by the benchmark scripts: output, machine description, verdicts, memory readings."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import litdata
+import numpy as np
+import torch
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "litdata": litdata.__version__,
+        "numpy": np.__version__,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def machine_lines(machine: dict) -> list[str]:
+    return [
+        f"machine: {machine['cpu']}; {machine['cores']} cores ({machine['usable_cores']} usable); {machine['platform']}",
+        f"python {machine['python']}, torch {machine['torch']}, litdata {machine['litdata']}, numpy {machine['numpy']}; "
+        f"load average at start {machine['loadavg_start'][0]:.2f}, at end {machine.get('loadavg_end', (float('nan'),))[0]:.2f}",
+    ]
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def peak_rss_mib(pid: int | str = "self") -> float:
+    """A process's peak resident set size (``VmHWM``) in MiB; Linux only."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmHWM")
+
+
+def child_pids(pid: int | None = None) -> list[int]:
+    """The direct children of a process (DataLoader workers); Linux only."""
+    pid = pid or os.getpid()
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        children += [int(child) for child in text]
+    return children

@@ -1,0 +1,126 @@
+"""Epoch orders of one source, defined lazily: O(chunks) memory per epoch, never O(blocks) (pure, no I/O).
+
+Epoch ``e`` of a source shuffled by ``Ordering(seed, window)``:
+
+1. its chunks are visited in a permutation seeded by (seed, shard id, e): O(chunks);
+2. that chunk order is cut into windows of ``window`` consecutive chunks, and prefix sums of the
+   blocks along it say which window a position falls in: O(chunks), a lookup is O(log chunks);
+3. the blocks of one window are permuted together, seeded by (seed, shard id, e, window index).
+   Only the window in use is materialised: O(window · blocks per chunk), whatever the shard's size.
+
+So a block is drawn once per epoch, the order depends on (seed, shard id, epoch, window) only,
+any position is found without walking the positions before it, and starting an epoch costs a
+permutation of the chunks. ``window=1`` reads one chunk at a time; a window larger than the
+number of chunks shuffles the whole shard. Window 0 names the order of state versions 1 and 2,
+a chunk-local permutation materialised for the whole epoch: it is only used to finish an epoch
+that a checkpoint of those versions started (``LegacyOrder``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+LEGACY_WINDOW = 0
+"""The shuffle window of state versions 1 and 2: their materialised chunk-local order."""
+DEFAULT_SHUFFLE_WINDOW = 4
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """What orders a source's epochs: the seed and the shuffle window (chunks whose blocks mix)."""
+
+    seed: int
+    window: int = DEFAULT_SHUFFLE_WINDOW
+
+    def describe(self) -> str:
+        if self.window == LEGACY_WINDOW:
+            return f"seed {self.seed}, the order of state version 2"
+        return f"seed {self.seed}, shuffle window {self.window}"
+
+
+def stable_id(shard_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(shard_id.encode("utf-8")).digest()[:8], "little")
+
+
+def chunk_block_starts(chunk_blocks: Sequence[int]) -> np.ndarray:
+    """Index of each chunk's first block, plus the total at the end (``len(chunk_blocks) + 1`` entries)."""
+    return np.concatenate([[0], np.cumsum(np.asarray(chunk_blocks, dtype=np.int64))]).astype(np.int64)
+
+
+class SequentialOrder:
+    """Unshuffled: position p is block p."""
+
+    def block(self, position: int) -> int:
+        return position
+
+
+class WindowedOrder:
+    """One epoch of a shuffled source; ``block(position)`` materialises only the window in use."""
+
+    def __init__(self, chunk_blocks: Sequence[int], ordering: Ordering, shard_id: str, epoch: int) -> None:
+        if ordering.window < 1:
+            raise ValueError(f"shuffle window {ordering.window}: use 1 or more chunks")
+        self.key = [int(ordering.seed) & 0xFFFFFFFF, stable_id(shard_id), int(epoch)]
+        self.window = ordering.window
+        self.chunk_blocks = np.asarray(chunk_blocks, dtype=np.int64)
+        self.chunk_starts = chunk_block_starts(self.chunk_blocks)
+        self.chunks = np.random.default_rng([*self.key, 0]).permutation(len(self.chunk_blocks))
+        ends_along_order = np.cumsum(self.chunk_blocks[self.chunks])
+        last = len(self.chunks) - 1
+        self.window_ends = ends_along_order[np.r_[self.window - 1 : last : self.window, last]].tolist() if len(self.chunks) else []
+        self._lo = self._hi = 0
+        self._blocks = array("q")
+
+    @property
+    def blocks(self) -> int:
+        return int(self.chunk_starts[-1])
+
+    def block(self, position: int) -> int:
+        """The block index drawn at ``position`` (0 <= position < blocks) of this epoch."""
+        if not self._lo <= position < self._hi:
+            self._load(bisect.bisect_right(self.window_ends, position))
+        return self._blocks[position - self._lo]
+
+    def _load(self, index: int) -> None:
+        """Materialise window ``index``: its chunks' blocks, permuted together."""
+        if index >= len(self.window_ends):
+            raise IndexError(f"position beyond the epoch's {self.blocks} blocks")
+        chunks = self.chunks[index * self.window : (index + 1) * self.window]
+        sizes = self.chunk_blocks[chunks]
+        local_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        shift = np.repeat(self.chunk_starts[chunks] - local_starts, sizes)  # local index -> block index
+        permutation = np.random.default_rng([*self.key, 1, index]).permutation(int(sizes.sum()))
+        self._blocks = array("q", (permutation + shift[permutation]).tobytes())
+        self._lo = self.window_ends[index - 1] if index else 0
+        self._hi = self.window_ends[index]
+
+
+class LegacyOrder:
+    """The materialised chunk-local order of state versions 1 and 2, for an epoch one of their checkpoints started."""
+
+    def __init__(self, chunk_blocks: Sequence[int], seed: int, shard_id: str, epoch: int) -> None:
+        starts = chunk_block_starts(chunk_blocks)[:-1]
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, stable_id(shard_id), int(epoch)])
+        parts = [starts[chunk] + rng.permutation(int(chunk_blocks[chunk])) for chunk in rng.permutation(len(chunk_blocks))]
+        self._blocks = array("q", (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)).tobytes())
+
+    def block(self, position: int) -> int:
+        return self._blocks[position]
+
+
+EpochOrder = SequentialOrder | WindowedOrder | LegacyOrder
+
+
+def epoch_order(chunk_blocks: Sequence[int], ordering: Ordering | None, shard_id: str, epoch: int) -> EpochOrder:
+    """Epoch ``epoch`` of a source whose chunks hold ``chunk_blocks`` blocks; ``ordering`` None: unshuffled."""
+    if ordering is None:
+        return SequentialOrder()
+    if ordering.window == LEGACY_WINDOW:
+        return LegacyOrder(chunk_blocks, ordering.seed, shard_id, epoch)
+    return WindowedOrder(chunk_blocks, ordering, shard_id, epoch)
