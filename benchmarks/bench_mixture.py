@@ -15,8 +15,9 @@ One run, over the same bytes (four uint16 token shards ``1``, ``2``, ``c1``, ``m
    (c) vanilla litdata ``CombinedStreamingDataset`` over the four shards (same weights),
    (d) raw ``numpy.memmap`` reads of random blocks of the chunk files in a plain DataLoader;
 2. time to first batch of our loader, fresh and resumed at ``--resume-samples`` samples;
-3. start-up (discovery + weights + loader + first batch) with many tiny shards;
-4. a ratio table with pass/fail against the targets.
+3. a ratio table with pass/fail against the targets.
+
+Start-up with many shards is ``bench_startup.py``; memory at scale is ``bench_scale.py``.
 
 This is a script, not a test: it writes nothing outside ``--data-dir`` (a temporary directory
 by default, removed at the end) and ``--json`` if given.
@@ -51,11 +52,11 @@ from litdata import TokensLoader  # noqa: E402
 from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset  # noqa: E402
 
 from common import log, machine_info, machine_lines, verdict  # noqa: E402
-from sharded_mix.blend import Blender  # noqa: E402
-from sharded_mix.discovery import DEFAULT_SHARD_TYPES, Shard, discover_shards  # noqa: E402
-from sharded_mix.prepare import write_token_shard  # noqa: E402
-from sharded_mix.stream import mixture_loader  # noqa: E402
-from sharded_mix.weights import mix_spec_from_fields, resolve_weights  # noqa: E402
+from sharded_mix.mixing.blend import Blender  # noqa: E402
+from sharded_mix.shards import Shard  # noqa: E402
+from sharded_mix.streaming.discovery import discover_shards  # noqa: E402
+from sharded_mix.streaming.stream import mixture_loader  # noqa: E402
+from sharded_mix.tools.prepare import write_token_shard  # noqa: E402
 
 # shard directory -> (shard id, weight): the blend of the throughput runs
 MIX = {"1": ("main/1", 0.4), "2": ("main/2", 0.3), "c1": ("c1", 0.2), "m1": ("m1", 0.1)}
@@ -64,8 +65,6 @@ CANDIDATES = ("ours", "single", "combined", "memmap")
 
 TARGET_VS_STREAMING = 0.95  # ours / one StreamingDataset at equal workers, at least
 TARGET_RESUME_RATIO = 2.0  # resumed / fresh first batch, at most
-TARGET_STARTUP_S = 3.0  # start-up with the largest shard count, at most
-TARGET_STARTUP_SHARDS = 1000
 
 VOCAB = 50_000  # token ids below this (fits uint16)
 
@@ -95,32 +94,6 @@ def build_mix(base: Path, tokens_per_source: int, chunk_bytes: int, seed: int) -
     for number, name in enumerate(sorted(MIX)):
         rng = np.random.default_rng([seed, number])
         write_token_shard(base / name, random_documents(rng, tokens_per_source), chunk_bytes, torch.uint16)
-    meta_path.write_text(json.dumps(meta))
-
-
-def type_plan(count: int) -> list[str]:
-    """Directory names for ``count`` tiny shards, spread over main and the typed prefixes."""
-    prefixes = ["main", "c", "m", "w", "q"]
-    numbers = dict.fromkeys(prefixes, 0)
-    names = []
-    for i in range(count):
-        prefix = prefixes[i % len(prefixes)]
-        numbers[prefix] += 1
-        names.append(f"main/{numbers[prefix]}" if prefix == "main" else f"{prefix}{numbers[prefix]}")
-    return names
-
-
-def build_many(base: Path, count: int, block_size: int, seed: int) -> None:
-    """``count`` tiny shards (two blocks, ~8 KB of uint16 tokens each) under ``base``."""
-    meta = {"count": count, "block_size": block_size, "seed": seed}
-    meta_path = base / "bench_meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
-        return
-    shutil.rmtree(base, ignore_errors=True)
-    rng = np.random.default_rng([seed, count])
-    for name in type_plan(count):
-        docs = [rng.integers(0, VOCAB, size=block_size + 50, dtype=np.uint16) for _ in range(2)]
-        write_token_shard(base / name, docs, chunk_bytes=1 << 20, dtype=torch.uint16)
     meta_path.write_text(json.dumps(meta))
 
 
@@ -304,50 +277,6 @@ def time_first_batch(shards, weights, args, workers: int, state: dict | None) ->
     return {"first_batch_s": elapsed, "load_state_s": load_s}
 
 
-def time_startup(base: Path, args) -> dict:
-    """discover_shards + resolve_weights (proportional) + mixture_loader + first batch, num_workers=0."""
-    timings = {}
-    start = time.perf_counter()
-    shards = discover_shards(base)
-    timings["discover_s"] = time.perf_counter() - start
-    t = time.perf_counter()
-    spec = mix_spec_from_fields(proportional_sampling=True)
-    weights = resolve_weights(spec, shards, list(DEFAULT_SHARD_TYPES))
-    timings["weights_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    loader = mixture_loader(shards, weights, args.block_size, args.batch_size, args.seed, True, 0)
-    timings["loader_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    iterator = iter(loader)
-    batch = next(iterator)
-    timings["first_batch_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - start
-    assert tuple(batch.shape) == (args.batch_size, args.block_size)
-    assert len(shards) == len(weights), (len(shards), len(weights))
-    timings["shards"] = len(shards)
-    del iterator, loader
-    gc.collect()
-    return timings
-
-
-def time_datamodule(base: Path, val: Path, args) -> dict:
-    """ShardedMixedDataset(...).connect(...); setup(); train_dataloader(); first batch (num_workers=0)."""
-    from sharded_mix.datamodule import ShardedMixedDataset
-
-    start = time.perf_counter()
-    data = ShardedMixedDataset(data_path=base, val_data_path=val, proportional_sampling=True, num_workers=0, seed=args.seed)
-    data.connect(batch_size=args.batch_size, max_seq_length=args.block_size - 1)
-    data.setup()
-    setup_s = time.perf_counter() - start
-    iterator = iter(data.train_dataloader())
-    batch = next(iterator)
-    total = time.perf_counter() - start
-    assert tuple(batch.shape) == (args.batch_size, args.block_size)
-    del iterator, data
-    gc.collect()
-    return {"setup_s": setup_s, "total_s": total}
-
-
 # --------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------
@@ -376,16 +305,6 @@ def report(results: dict, args) -> list[str]:
     for w, row in results["first_batch"].items():
         lines.append(f"| {w} | {row['fresh_s']:.3f} | {row['resumed_s']:.3f} | {row['load_state_ms']:.2f} |")
     lines.append("")
-    lines.append("Start-up: discover_shards + resolve_weights + mixture_loader + first batch, num_workers=0 (median of repeats)")
-    lines.append("| shards | discover (s) | weights (s) | loader (s) | first batch (s) | total (s) | data module setup+first batch (s) |")
-    lines.append("|---:|---:|---:|---:|---:|---:|---:|")
-    for n, row in results["startup"].items():
-        dm = row.get("datamodule_total_s")
-        lines.append(
-            f"| {n} | {row['discover_s']:.3f} | {row['weights_s']:.3f} | {row['loader_s']:.3f} | "
-            f"{row['first_batch_s']:.3f} | {row['total_s']:.3f} | {'' if dm is None else f'{dm:.3f}'} |"
-        )
-    lines.append("")
     lines.append("Ratios and targets (throughput: best of rounds (median of rounds); the verdict uses best)")
     lines.append("| measure | value | target | result |")
     lines.append("|---|---:|---:|---|")
@@ -403,11 +322,6 @@ def report(results: dict, args) -> list[str]:
     for w, row in results["first_batch"].items():
         r = row["resumed_s"] / row["fresh_s"]
         lines.append(f"| resumed / fresh first batch, workers={w} | {r:.2f}x | <= {TARGET_RESUME_RATIO:.1f}x | {verdict(r <= TARGET_RESUME_RATIO)} |")
-    for n, row in results["startup"].items():
-        ok = row["total_s"] <= TARGET_STARTUP_S
-        target = f"<= {TARGET_STARTUP_S:.0f} s" if int(n) >= TARGET_STARTUP_SHARDS else "(info)"
-        result = verdict(ok) if int(n) >= TARGET_STARTUP_SHARDS else ""
-        lines.append(f"| start-up, {n} shards | {row['total_s']:.2f} s | {target} | {result} |")
     return lines
 
 
@@ -428,8 +342,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=500, help="untimed batches first (includes worker start-up)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the throughput runs (order rotated); best and median reported")
     p.add_argument("--resume-samples", type=int, default=10_000_000)
-    p.add_argument("--shard-counts", default="200,1000", help="comma-separated tiny-shard counts for start-up")
-    p.add_argument("--repeats", type=int, default=5, help="repeats of the first-batch and start-up timings (median)")
+    p.add_argument("--repeats", type=int, default=5, help="repeats of the first-batch timings (median)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="small fast run for smoke testing (< 1 minute)")
@@ -441,9 +354,7 @@ def parse_args(argv=None):
         args.warmup = min(args.warmup, 50)
         args.rounds = 1
         args.repeats = 3
-        args.shard_counts = "50,200"
     args.workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
-    args.shard_counts = [int(n) for n in str(args.shard_counts).split(",") if n.strip()]
     return args
 
 
@@ -468,7 +379,7 @@ def main(argv=None) -> dict:
         t = time.perf_counter()
         chunk_bytes = int(args.chunk_mb * (1 << 20))
         mix_base = root / "mix"
-        log(f"[1/5] writing 4 sources x {args.tokens_per_source:,} tokens to {mix_base} ...")
+        log(f"[1/4] writing 4 sources x {args.tokens_per_source:,} tokens to {mix_base} ...")
         build_mix(mix_base, args.tokens_per_source, chunk_bytes, args.seed)
         shards = discover_shards(mix_base)
         by_id = {shard.id: shard for shard in shards}
@@ -522,7 +433,7 @@ def main(argv=None) -> dict:
             )
 
         candidates = {"ours": ours, "single": one_streaming, "combined": vanilla_combined, "memmap": raw_memmap}
-        log(f"[2/5] throughput: {args.batches} batches after {args.warmup} warm-up, workers {args.workers}, {args.rounds} round(s)")
+        log(f"[2/4] throughput: {args.batches} batches after {args.warmup} warm-up, workers {args.workers}, {args.rounds} round(s)")
         throughput: dict = {str(w): {} for w in args.workers}
         for round_ in range(args.rounds):
             names = list(candidates)
@@ -542,7 +453,7 @@ def main(argv=None) -> dict:
         results["throughput"] = throughput
 
         # ---- first batch, fresh vs resumed
-        log(f"[3/5] first batch: fresh vs resumed at {args.resume_samples:,} samples, workers {args.workers}")
+        log(f"[3/4] first batch: fresh vs resumed at {args.resume_samples:,} samples, workers {args.workers}")
         state = resumed_state(mix_shards, weights, args, args.resume_samples)
         drift = check_blend_continues(state["weights"], state["samples"], state["taken"])
         assert drift < 1.0, f"constructed state drifts {drift} from the blend"
@@ -561,37 +472,13 @@ def main(argv=None) -> dict:
         results["first_batch"] = first
         results["resumed_state"] = {"samples": state["samples"], "taken": state["taken"], "max_blend_drift": drift}
 
-        # ---- start-up with many shards
-        log(f"[4/5] start-up with {args.shard_counts} tiny shards")
-        val = root / "val"
-        build_many_val = not (val / "index.json").is_file()
-        if build_many_val:
-            rng = np.random.default_rng(args.seed)
-            write_token_shard(val, [rng.integers(0, VOCAB, size=args.block_size * 2, dtype=np.uint16)], chunk_bytes=1 << 20, dtype=torch.uint16)
-        startup: dict = {}
-        for n in args.shard_counts:
-            base = root / f"many-{n}"
-            t = time.perf_counter()
-            build_many(base, n, args.block_size, args.seed)
-            built = time.perf_counter() - t
-            runs = [time_startup(base, args) for _ in range(args.repeats)]
-            row = {key: statistics.median(r[key] for r in runs) for key in ("discover_s", "weights_s", "loader_s", "first_batch_s", "total_s")}
-            row["total_all_s"] = [r["total_s"] for r in runs]
-            row["shards"] = runs[0]["shards"]
-            dm = [time_datamodule(base, val, args) for _ in range(args.repeats)]
-            row["datamodule_setup_s"] = statistics.median(r["setup_s"] for r in dm)
-            row["datamodule_total_s"] = statistics.median(r["total_s"] for r in dm)
-            row["build_s"] = built
-            startup[str(n)] = row
-            log(f"      {n} shards (built in {built:.1f} s): total {row['total_all_s']}, data module {row['datamodule_total_s']:.3f} s")
-        results["startup"] = startup
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
 
     machine["loadavg_end"] = os.getloadavg()
     results["total_s"] = time.perf_counter() - began
-    log("[5/5] results")
+    log("[4/4] results")
     log("")
     lines = report(results, args)
     for line in lines:

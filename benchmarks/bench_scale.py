@@ -8,7 +8,7 @@ Run from the repository root:
 
 Each mixture is the README's blend ``main:0.8,code:0.15,math:0.05`` over four litdata token shards
 ``1``, ``2``, ``c1``, ``m1`` (main 2 × 40%, code 15%, math 5% of the tokens) in uint16 chunks of
-32M tokens (litdata's 64 MB default), written by ``sharded_mix.fake_shards``: a real
+32M tokens (litdata's 64 MB default), written by ``sharded_mix.tools.fake_shards``: a real
 ``index.json`` and sparse chunk files, so 1T tokens take ~120 MB of disk (file headers).
 
 Every measurement runs in a fresh process (``--child``) so that peak RSS (``VmHWM``) is its own:
@@ -48,8 +48,8 @@ if str(REPO) not in sys.path:
 
 from common import child_pids, log, machine_info, machine_lines, peak_rss_mib, verdict  # noqa: E402
 from sharded_mix import ShardedMixedDataset  # noqa: E402  (imported before any timing)
-from sharded_mix.fake_shards import write_sparse_token_shard  # noqa: E402
-from sharded_mix.orders import Ordering, WindowedOrder  # noqa: E402
+from sharded_mix.mixing.orders import Ordering, WindowedOrder  # noqa: E402
+from sharded_mix.tools.fake_shards import write_sparse_token_shard  # noqa: E402
 
 MIX = "main:0.8,code:0.15,math:0.05"
 SHARES = {"1": 0.4, "2": 0.4, "c1": 0.15, "m1": 0.05}  # of the total tokens

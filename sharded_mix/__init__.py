@@ -15,12 +15,12 @@ if not _logger.handlers:
 # Exports load on first use, so that data-preparation workers do not import lightning.
 _EXPORTS = {
     "ShardedMixedDataset": "sharded_mix.datamodule",
-    "DEFAULT_SHARD_TYPES": "sharded_mix.discovery",
-    "Shard": "sharded_mix.discovery",
-    "discover_shards": "sharded_mix.discovery",
-    "MixSpec": "sharded_mix.weights",
-    "mix_spec_from_fields": "sharded_mix.weights",
-    "resolve_weights": "sharded_mix.weights",
+    "DEFAULT_SHARD_TYPES": "sharded_mix.shards",
+    "Shard": "sharded_mix.shards",
+    "discover_shards": "sharded_mix.streaming.discovery",
+    "MixSpec": "sharded_mix.mixing.weights",
+    "mix_spec_from_fields": "sharded_mix.mixing.weights",
+    "resolve_weights": "sharded_mix.mixing.weights",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -37,7 +37,7 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from sharded_mix.prepare import prepare_shard
+    from sharded_mix.tools.prepare import prepare_shard
 
     _quiet_litdata(args)
     summary = prepare_shard(
@@ -68,7 +68,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from sharded_mix.demo import build_demo
+    from sharded_mix.tools.demo import build_demo
 
     _quiet_litdata(args)
     result = build_demo(workdir=args.workdir, vocab_size=args.vocab_size, overwrite=args.overwrite)
@@ -92,7 +92,7 @@ def _add_link_checkpoints(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_link_checkpoints(args: argparse.Namespace) -> int:
-    from sharded_mix.checkpoints import link_checkpoints
+    from sharded_mix.tools.checkpoints import link_checkpoints
 
     _print_links(link_checkpoints(args.pretrain_dir, args.midtrain_dir, args.step, dry_run=args.dry_run), args.dry_run)
     print(f"{args.midtrain_dir} resumes from step {args.step} with `resume: auto`" + (" (dry run: nothing changed)" if args.dry_run else ""))
@@ -113,7 +113,7 @@ def _add_data_position(subparsers: argparse._SubParsersAction) -> None:
 def _run_data_position(args: argparse.Namespace) -> int:
     import json
 
-    from sharded_mix.checkpoints import format_data_position, read_data_position
+    from sharded_mix.tools.checkpoints import format_data_position, read_data_position
 
     position = read_data_position(args.checkpoint)
     print(json.dumps(position, indent=2) if args.json else format_data_position(position))
@@ -141,7 +141,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     from sharded_mix.config import load_run_config
     from sharded_mix.datamodule import ShardedMixedDataset
-    from sharded_mix.plan import format_mixture_plan, format_stage_plan, plot_stage_plan
+    from sharded_mix.mixing.plan import format_mixture_plan, format_stage_plan, plot_stage_plan
 
     init_args, sizes = load_run_config(args.config)
     quiet = [] if args.verbose else [logging.getLogger(name) for name in ("sharded_mix", "litdata")]
@@ -185,7 +185,7 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
 def _run_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from sharded_mix.inventory import format_inventory, inspect_data_path
+    from sharded_mix.tools.inventory import format_inventory, inspect_data_path
 
     inventories = inspect_data_path(args.data_path)
     if args.json:
@@ -218,7 +218,7 @@ def _add_link(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_link(args: argparse.Namespace) -> int:
-    from sharded_mix.link import link_data
+    from sharded_mix.tools.link import link_data
 
     named = {}
     for name, target in args.named:
@@ -245,7 +245,7 @@ def _add_merge(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from sharded_mix.merge import merge_shards
+    from sharded_mix.tools.merge import merge_shards
 
     _quiet_litdata(args)
     result = merge_shards(args.inputs, args.output, args.max_workers)
@@ -276,7 +276,7 @@ def _run_val_loss(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from sharded_mix.evaluate import format_source_losses, load_model, source_losses
+    from sharded_mix.tools.evaluate import format_source_losses, load_model, source_losses
 
     _quiet_litdata(args)
     model = load_model(args.checkpoint, args.device)

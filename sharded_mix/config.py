@@ -1,13 +1,29 @@
-"""Read a run's config without training: a LitGPT config's ``data`` section and train sizes, or our own data YAML."""
+"""Read the files users write: mix files, and a run's config without training (a LitGPT config's ``data``
+section and train sizes, or our own data YAML)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 DATA_CLASS = "sharded_mix.ShardedMixedDataset"
 LITGPT_MICRO_BATCH_SIZE = 4  # litgpt.args.TrainArgs defaults
 LITGPT_MAX_SEQ_LENGTH = 2048
+
+
+def load_mix_file(path: str | Path) -> dict:
+    """Read a mix file (``.json``, ``.yaml`` or ``.yml``)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"mix_config_path {str(path)!r} does not exist; point it at a .json or .yaml mix file.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"mix_config_path {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {err}") from err
 
 
 @dataclass(frozen=True)

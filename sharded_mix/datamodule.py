@@ -13,12 +13,14 @@ from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 from torch.utils.data import DataLoader
 
-from sharded_mix.discovery import Shard, discover_shards, resolve_shard_types
-from sharded_mix.orders import DEFAULT_SHUFFLE_WINDOW
-from sharded_mix.plan import PlanRow, format_mixture_plan, format_stage_plan, mixture_rows
-from sharded_mix.schedule import DataStage, Stage, StagePlanRow, TopLevel, build_stages, stage_plan_rows, stage_starts
-from sharded_mix.stream import distributed_rank_world, staged_loader, stream_stage, validation_loader
-from sharded_mix.weights import MixSpec, check_type_names, load_mix_file, mix_spec_from_fields, resolve_weights
+from sharded_mix.config import load_mix_file
+from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW
+from sharded_mix.mixing.plan import PlanRow, format_mixture_plan, format_stage_plan, mixture_rows
+from sharded_mix.mixing.stages import DataStage, Stage, StagePlanRow, TopLevel, build_stages, stage_plan_rows, stage_starts
+from sharded_mix.mixing.weights import MixSpec, check_type_names, mix_spec_from_fields, resolve_weights
+from sharded_mix.shards import Shard, resolve_shard_types
+from sharded_mix.streaming.discovery import discover_shards
+from sharded_mix.streaming.stream import distributed_rank_world, staged_loader, stream_stage, validation_loader
 
 logger = logging.getLogger(__name__)
 

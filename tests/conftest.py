@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sharded_mix import ShardedMixedDataset, prepare
+from sharded_mix import ShardedMixedDataset
+from sharded_mix.tools import prepare
 
 SOURCE_STRIDE = 10**7
 """Token = source number × SOURCE_STRIDE + position, so every block names its source and offset."""

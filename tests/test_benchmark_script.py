@@ -28,3 +28,10 @@ def test_scale_benchmark_quick_run_completes(tmp_path):
     crossing = results["scales"]["10B"]["crossing"]
     assert crossing["crossing_batch"] is not None and crossing["chunks"] == 120
     assert results["scales"]["10B"]["fresh"]["0"]["rss_main_mib"] > 0
+
+
+def test_startup_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "startup.json"
+    run_benchmark("bench_startup.py", "--quick", "--repeats", "1", "--json", str(out))
+    results = json.loads(out.read_text())
+    assert results["startup"]["200"]["shards"] == 200

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sharded_mix.blend import Blender
+from sharded_mix.mixing.blend import Blender
 
 WEIGHT_VECTORS = [
     {"a": 0.5, "b": 0.5},

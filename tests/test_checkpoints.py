@@ -7,8 +7,8 @@ import torch
 from litgpt.utils import find_resume_path
 
 from conftest import make, take
-from sharded_mix.checkpoints import link_checkpoints, read_data_position
 from sharded_mix.cli import main
+from sharded_mix.tools.checkpoints import link_checkpoints, read_data_position
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from litgpt.tokenizer import Tokenizer
 
-from sharded_mix.demo import (
+from sharded_mix.streaming.discovery import read_index
+from sharded_mix.tools.demo import (
     EOS_TOKEN,
     KINDS,
     MIN_CHUNK_TOKENS,
@@ -25,7 +26,6 @@ from sharded_mix.demo import (
     walk_stdlib,
     write_jsonl,
 )
-from sharded_mix.discovery import read_index
 
 LONG_DOC = "Explain the module in detail. " * 10
 

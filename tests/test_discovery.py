@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import write_source, write_token_shard
-from sharded_mix.discovery import classify_shard_name, discover_shards, resolve_shard_types
+from sharded_mix.shards import classify_shard_name, resolve_shard_types
+from sharded_mix.streaming.discovery import discover_shards
 
 
 def test_reference_layout(reference_layout):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from litgpt_runs import LITGPT, pretrain_config, run_pretrain, train_losses, write_shards
-from sharded_mix.checkpoints import read_data_position
+from sharded_mix.tools.checkpoints import read_data_position
 
 pytestmark = pytest.mark.e2e
 

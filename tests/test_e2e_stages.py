@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from litgpt_runs import pretrain_config, run_pretrain, train_losses, write_shards
-from sharded_mix.checkpoints import read_data_position
 from sharded_mix.cli import main
+from sharded_mix.tools.checkpoints import read_data_position
 
 pytestmark = pytest.mark.e2e
 

@@ -95,7 +95,7 @@ def test_resume_is_o1_at_a_hundred_million_samples(scenario):
     loader.load_state_dict(state)
     blocks = block_ids(take(loader, 1))
     assert [source for source, _ in blocks] == [1, 2, 1, 2, 1, 1, 2, 1, 2, 1]
-    from sharded_mix.orders import Ordering, epoch_order
+    from sharded_mix.mixing.orders import Ordering, epoch_order
 
     (main_shard,) = [s for s in loader.dataset.shards.values() if s.id == "main/1"]
     reader_chunks = [tokens // BLOCK for tokens in main_shard.chunk_tokens]
@@ -131,8 +131,8 @@ def test_two_ranks_get_disjoint_samples_and_follow_the_blend(scenario, tmp_path)
 
 
 def test_a_source_smaller_than_ranks_times_workers_still_streams(tmp_path):
-    from sharded_mix.discovery import discover_shards
-    from sharded_mix.stream import MixtureLoader, MixtureStream, stream_stage
+    from sharded_mix.streaming.discovery import discover_shards
+    from sharded_mix.streaming.stream import MixtureLoader, MixtureStream, stream_stage
 
     write_source(tmp_path, "1", 1, 40 * BLOCK, doc_tokens=BLOCK)
     write_source(tmp_path, "q1", 2, 2 * BLOCK, doc_tokens=BLOCK)  # 2 blocks for 4 ranks × 2 workers

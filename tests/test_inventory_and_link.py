@@ -8,9 +8,9 @@ import torch
 
 from conftest import write_source, write_token_shard
 from sharded_mix.cli import main
-from sharded_mix.discovery import discover_shards
-from sharded_mix.inventory import inspect_base, inspect_data_path
-from sharded_mix.link import link_data
+from sharded_mix.streaming.discovery import discover_shards
+from sharded_mix.tools.inventory import inspect_base, inspect_data_path
+from sharded_mix.tools.link import link_data
 
 
 def test_inspect_a_good_reference_layout(tmp_path, capsys):

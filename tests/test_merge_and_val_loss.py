@@ -9,8 +9,8 @@ from litdata.streaming import StreamingDataset, TokensLoader
 
 from conftest import SOURCE_STRIDE, write_source, write_token_shard
 from sharded_mix.cli import main
-from sharded_mix.discovery import discover_shards
-from sharded_mix.merge import merge_shards
+from sharded_mix.streaming.discovery import discover_shards
+from sharded_mix.tools.merge import merge_shards
 
 
 def all_tokens(path, block=100):

@@ -5,7 +5,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from sharded_mix.orders import LEGACY_WINDOW, LegacyOrder, Ordering, SequentialOrder, WindowedOrder, epoch_order
+from sharded_mix.mixing.orders import LEGACY_WINDOW, LegacyOrder, Ordering, SequentialOrder, WindowedOrder, epoch_order
 
 
 def blocks_of(order, count: int) -> list[int]:

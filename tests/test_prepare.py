@@ -14,9 +14,9 @@ from litdata import StreamingDataset, TokensLoader
 from litgpt.tokenizer import Tokenizer
 
 from sharded_mix.cli import main
-from sharded_mix.demo import train_tokenizer
-from sharded_mix.discovery import read_index
-from sharded_mix.prepare import (
+from sharded_mix.streaming.discovery import read_index
+from sharded_mix.tools.demo import train_tokenizer
+from sharded_mix.tools.prepare import (
     iter_documents,
     list_input_files,
     load_tokenizer,

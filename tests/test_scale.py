@@ -7,7 +7,7 @@ import pytest
 
 from conftest import BLOCK, block_ids, make, take, write_source
 from sharded_mix import ShardedMixedDataset
-from sharded_mix.fake_shards import write_sparse_token_shard
+from sharded_mix.tools.fake_shards import write_sparse_token_shard
 
 
 def test_a_ten_billion_token_sparse_shard_streams_without_per_block_memory(tmp_path):

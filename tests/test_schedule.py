@@ -2,8 +2,8 @@
 
 import pytest
 
-from sharded_mix.plan import format_stage_plan
-from sharded_mix.schedule import DataStage, TopLevel, boundary_samples, build_stages, stage_plan_rows, stage_starts
+from sharded_mix.mixing.plan import format_stage_plan
+from sharded_mix.mixing.stages import DataStage, TopLevel, boundary_samples, build_stages, stage_plan_rows, stage_starts
 
 TOP = TopLevel(mix_weights_str="main:0.9,math:0.1", seed=42)
 

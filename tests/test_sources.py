@@ -8,9 +8,10 @@ import torch
 from litdata.streaming import StreamingDataset, TokensLoader
 
 from conftest import encoded_tokens, write_token_shard
-from sharded_mix.discovery import discover_shards, is_plain_token_shard, read_index
-from sharded_mix.sources import ChunkMaps, SourceReader
-from sharded_mix.stream import mixture_loader
+from sharded_mix.shards import is_plain_token_shard
+from sharded_mix.streaming.discovery import discover_shards, read_index
+from sharded_mix.streaming.sources import ChunkMaps, SourceReader
+from sharded_mix.streaming.stream import mixture_loader
 
 
 def _odd_shard(path: Path, dtype: torch.dtype = torch.int32, **kwargs) -> Path:

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from conftest import BLOCK, block_ids, make, take
-from sharded_mix.orders import LEGACY_WINDOW, LegacyOrder, Ordering, WindowedOrder
+from sharded_mix.mixing.orders import LEGACY_WINDOW, LegacyOrder, Ordering, WindowedOrder
 
 WEIGHTS = "main/1:0.6,m1:0.4"
 BLOCKS = {"main/1": 1206, "m1": 181}

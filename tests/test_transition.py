@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 
 from conftest import BLOCK, block_ids, make, take, write_source
-from sharded_mix.orders import Ordering, epoch_order
-from sharded_mix.transition import SourcePosition, carry_over, format_transition
+from sharded_mix.mixing.orders import Ordering, epoch_order
+from sharded_mix.mixing.transition import SourcePosition, carry_over, format_transition
 
 S42, S7, S3 = Ordering(42), Ordering(7), Ordering(3)
 

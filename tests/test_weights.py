@@ -5,15 +5,15 @@ import math
 
 import pytest
 
-from sharded_mix.discovery import DEFAULT_SHARD_TYPES, Shard
-from sharded_mix.weights import (
+from sharded_mix.config import load_mix_file
+from sharded_mix.mixing.weights import (
     check_weight_values,
-    load_mix_file,
     mix_spec_from_fields,
     mix_spec_from_mapping,
     parse_weight_string,
     resolve_weights,
 )
+from sharded_mix.shards import DEFAULT_SHARD_TYPES, Shard
 
 TYPES = list(DEFAULT_SHARD_TYPES)
 

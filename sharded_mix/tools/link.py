@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sharded_mix.discovery import MAIN_TYPE, classify_shard_name, read_index, resolve_shard_types
+from sharded_mix.shards import MAIN_TYPE, classify_shard_name, resolve_shard_types
+from sharded_mix.streaming.discovery import read_index
 
 
 @dataclass(frozen=True)

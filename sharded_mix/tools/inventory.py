@@ -6,7 +6,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sharded_mix.discovery import find_shard_dirs, index_token_dtype, read_index, resolve_shard_types, shard_from_index
+from sharded_mix.shards import index_token_dtype, resolve_shard_types, shard_from_index
+from sharded_mix.streaming.discovery import find_shard_dirs, read_index
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from sharded_mix.checkpoints import resolve_checkpoint
-from sharded_mix.discovery import discover_shards
+from sharded_mix.streaming.discovery import discover_shards
+from sharded_mix.tools.checkpoints import resolve_checkpoint
 
 CONFIG_FILE = "model_config.yaml"
 

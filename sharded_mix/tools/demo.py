@@ -25,8 +25,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sharded_mix.discovery import read_index, shard_from_index
-from sharded_mix.prepare import PrepareSummary, load_tokenizer, prepare_shard
+from sharded_mix.shards import shard_from_index
+from sharded_mix.streaming.discovery import read_index
+from sharded_mix.tools.prepare import PrepareSummary, load_tokenizer, prepare_shard
 
 logger = logging.getLogger(__name__)
 

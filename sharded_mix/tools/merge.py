@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sharded_mix.discovery import read_index, shard_from_index
+from sharded_mix.shards import shard_from_index
+from sharded_mix.streaming.discovery import read_index
 
 
 def merge_shards(inputs: list[str | Path], output: str | Path, max_workers: int = 2) -> dict:

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from sharded_mix.discovery import read_index, shard_from_index
+from sharded_mix.shards import shard_from_index
+from sharded_mix.streaming.discovery import read_index
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from sharded_mix.orders import LEGACY_WINDOW, Ordering
+from sharded_mix.mixing.orders import LEGACY_WINDOW, Ordering
 
 Pin = tuple[int, Ordering]
 """``(epoch, ordering)``: that epoch of the source keeps that ordering, whatever the run's is."""

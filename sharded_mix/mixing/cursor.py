@@ -12,9 +12,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sharded_mix.blend import Blender
-from sharded_mix.orders import DEFAULT_SHUFFLE_WINDOW, LEGACY_WINDOW, Ordering
-from sharded_mix.transition import SourcePosition, TransitionRow, carry_over
+from sharded_mix.mixing.blend import Blender
+from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW, LEGACY_WINDOW, Ordering
+from sharded_mix.mixing.transition import SourcePosition, TransitionRow, carry_over
 
 
 @dataclass(frozen=True)

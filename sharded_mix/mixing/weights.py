@@ -1,6 +1,6 @@
 """Mixing weights: parse the user's blend, then turn it into one weight per shard.
 
-Everything here is pure except ``load_mix_file``. The rules (also in the README):
+Pure: mix files are read by ``config.load_mix_file``. The rules (also in the README):
 
 - exactly one of ``literal_weights_str``, ``mix_weights_str``, ``mix_config_path`` gives the
   weights; ``proportional_sampling: true`` turns type weights into multipliers of shard size;
@@ -16,14 +16,12 @@ Everything here is pure except ``load_mix_file``. The rules (also in the README)
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from sharded_mix.discovery import MAIN_TYPE, Shard
+from sharded_mix.shards import MAIN_TYPE, Shard
 
 MixMode = Literal["literal", "weighted", "proportional"]
 
@@ -116,20 +114,6 @@ def make_mix_spec(mode: MixMode, weights: Mapping[str, float], temperature: floa
     check_weight_values(weights, origin)
     check_temperature(temperature)
     return MixSpec(mode=mode, weights={name: float(value) for name, value in weights.items()}, temperature=float(temperature), origin=origin)
-
-
-def load_mix_file(path: str | Path) -> dict:
-    """Read a mix file (``.json``, ``.yaml`` or ``.yml``)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"mix_config_path {str(path)!r} does not exist; point it at a .json or .yaml mix file.")
-    text = path.read_text(encoding="utf-8")
-    try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"mix_config_path {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {err}") from err
 
 
 def mix_spec_from_fields(

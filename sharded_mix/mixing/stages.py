@@ -15,10 +15,10 @@ every rank and for any ``num_workers``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
-from sharded_mix.weights import MixSpec, load_mix_file, mix_spec_from_fields
+from sharded_mix.mixing.weights import MixSpec, mix_spec_from_fields
 
 DEFAULT_STAGE = "default"
 
@@ -109,6 +109,8 @@ def _stage_spec(stage: DataStage, top: TopLevel, read_mix_file, where: str) -> t
     temperature = stage.mix_temperature if stage.mix_temperature is not None else top.mix_temperature
     given = {"blend": own_blend, "mix_temperature": stage.mix_temperature is not None, "seed": stage.seed is not None, "seq_len": stage.seq_len is not None}
     inherited = tuple(name for name, is_given in given.items() if not is_given)
+    if source.mix_config_path is not None and read_mix_file is None:
+        raise TypeError(f"{where}: mix_config_path is set but build_stages was given no read_mix_file")
     mix_config = read_mix_file(source.mix_config_path) if source.mix_config_path is not None else None
     try:
         spec = mix_spec_from_fields(
@@ -130,9 +132,10 @@ def build_stages(
     anneal_start_step: int | None = None,
     anneal_start_tokens: int | None = None,
     anneal_weights: str | None = None,
-    read_mix_file=load_mix_file,
+    read_mix_file: Callable[[str], Mapping] | None = None,
 ) -> list[Stage]:
-    """Validate the schedule and resolve each stage's fields (inherited ones from ``top``)."""
+    """Validate the schedule and resolve each stage's fields (inherited ones from ``top``); ``read_mix_file``
+    loads a ``mix_config_path`` (``config.load_mix_file``; this module does no I/O)."""
     anneal = anneal_start_step is not None or anneal_start_tokens is not None or anneal_weights is not None
     if anneal:
         if stages:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from sharded_mix.discovery import Shard
-from sharded_mix.schedule import StagePlanRow
+from sharded_mix.mixing.stages import StagePlanRow
+from sharded_mix.shards import Shard
 
 
 @dataclass(frozen=True)

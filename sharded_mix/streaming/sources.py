@@ -24,9 +24,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from sharded_mix.discovery import Shard
-from sharded_mix.orders import EpochOrder, Ordering, chunk_block_starts, epoch_order
-from sharded_mix.transition import Pin
+from sharded_mix.mixing.orders import EpochOrder, Ordering, chunk_block_starts, epoch_order
+from sharded_mix.mixing.transition import Pin
+from sharded_mix.shards import Shard
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Find typed litdata token shards under a base directory.
+"""What a shard is: the ``Shard`` record, shard types and directory names, and ``index.json`` → ``Shard`` (pure).
 
 Layout rules (see README, "Shard layout"):
 - main shards are numbered directories directly under the base (``1``, ``2``) or under
@@ -6,21 +6,16 @@ Layout rules (see README, "Shard layout"):
 - typed shards are named prefix + number (``c1``, ``m3``, ``w12``); their id is the name;
 - a shard is any such directory holding litdata's ``index.json``.
 
-Naming is pure (``classify_shard_name``); reading is one listing plus one ``index.json``
-read per shard (``discover_shards``).
+Every layer shares this model; finding shards on disk is ``streaming/discovery.py``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
 
 MAIN_TYPE = "main"
 INDEX_FILE = "index.json"
@@ -104,23 +99,6 @@ def classify_shard_name(name: str, shard_types: Mapping[str, str], under_main: b
     return (name, type_name) if type_name else None
 
 
-def _natural_key(shard_id: str) -> tuple:
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", shard_id))
-
-
-def read_index(path: str | Path) -> dict:
-    """Load a shard's ``index.json``; ``ValueError`` if it is missing or not litdata's format."""
-    index_path = Path(path) / INDEX_FILE
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"shard {str(path)!r}: cannot read {INDEX_FILE} ({err}); re-run `sharded-mix prepare`.") from err
-    if not isinstance(index.get("chunks"), list) or "config" not in index:
-        raise ValueError(f"shard {str(path)!r}: {index_path} is not a litdata index (no 'chunks'/'config').")
-    return index
-
-
 def index_token_dtype(index: dict) -> str:
     """The token dtype a litdata token shard was written with, e.g. ``'uint16'``."""
     from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING
@@ -169,74 +147,7 @@ def is_plain_token_shard(index: dict) -> bool:
     )
 
 
-def _subdirs(path: str) -> list[str]:
-    try:
-        return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
-    except FileNotFoundError:
-        return []
-
-
-def _has_index(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, INDEX_FILE))
-
-
-def find_shard_dirs(base: str | Path, shard_types: Mapping[str, str]) -> list[tuple[str, str, str]]:
-    """List ``(shard id, type, path)`` of every shard under ``base``, sorted by id."""
-    base = str(base)
-    if _has_index(base):
-        return [(MAIN_TYPE, MAIN_TYPE, base)]
-    found: dict[str, tuple[str, str, str]] = {}
-    ignored = []
-
-    def add(shard_id: str, type_name: str, path: str) -> None:
-        if shard_id in found:
-            raise ValueError(
-                f"data_path {base!r}: shard {shard_id!r} exists both as {found[shard_id][2]!r} and {path!r}; "
-                "keep one of them."
-            )
-        found[shard_id] = (shard_id, type_name, path)
-
-    for name in _subdirs(base):
-        path = os.path.join(base, name)
-        if name == MAIN_TYPE:
-            for sub in _subdirs(path):
-                classified = classify_shard_name(sub, shard_types, under_main=True)
-                if classified and _has_index(os.path.join(path, sub)):
-                    add(*classified, os.path.join(path, sub))
-            continue
-        classified = classify_shard_name(name, shard_types)
-        if classified is None:
-            if _has_index(path):
-                ignored.append(name)
-        elif _has_index(path):
-            add(*classified, path)
-    if ignored:
-        logger.warning(
-            "Ignoring litdata directories with no known type prefix under %s: %s (add them with shard_types, "
-            "e.g. {legal: l} for l1, l2, ...)",
-            base,
-            ", ".join(ignored),
-        )
-    return [found[key] for key in sorted(found, key=_natural_key)]
-
-
 def describe_layout(shard_types: Mapping[str, str]) -> str:
     """Human text of what discovery looks for, for error messages."""
     typed = ", ".join(f"{prefix}1 ({name})" for name, prefix in shard_types.items())
     return f"numbered dirs 1, 2, ... or main/1, main/2, ... and typed dirs {typed}, each holding {INDEX_FILE}"
-
-
-def discover_shards(base: str | Path, shard_types: Mapping[str, str] | None = None, field: str = "data_path") -> list[Shard]:
-    """Every shard under ``base`` with its token counts read from ``index.json``."""
-    types = resolve_shard_types(shard_types)
-    if not base or not str(base).strip():
-        raise ValueError(f"{field} is empty; set it to the directory holding your shards, e.g. {field}: data/mix.")
-    if not os.path.isdir(base):
-        raise ValueError(f"{field} {str(base)!r} does not exist or is not a directory; point it at your shards' base directory.")
-    found = find_shard_dirs(base, types)
-    if not found:
-        raise ValueError(
-            f"{field} {str(base)!r}: no shards found. Looked for {describe_layout(types)}. "
-            "Prepare shards with `sharded-mix prepare`, or add your prefixes with shard_types."
-        )
-    return [shard_from_index(shard_id, type_name, path, read_index(path)) for shard_id, type_name, path in found]

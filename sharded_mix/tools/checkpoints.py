@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sharded_mix.cursor import entry_position, saved_ordering
-from sharded_mix.transition import pin_note
+from sharded_mix.mixing.cursor import entry_position, saved_ordering
+from sharded_mix.mixing.transition import pin_note
 
 CHECKPOINT_FILE = "lit_model.pth"
 _STEP_DIR = re.compile(r"^step-(\d+)$")

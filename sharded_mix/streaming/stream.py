@@ -29,11 +29,11 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sharded_mix.discovery import Shard
-from sharded_mix.cursor import Cursor, StreamStage, saved_ordering
-from sharded_mix.orders import DEFAULT_SHUFFLE_WINDOW
-from sharded_mix.sources import ChunkMaps, SourceReader
-from sharded_mix.transition import format_transition
+from sharded_mix.mixing.cursor import Cursor, StreamStage, saved_ordering
+from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW
+from sharded_mix.mixing.transition import format_transition
+from sharded_mix.shards import Shard
+from sharded_mix.streaming.sources import ChunkMaps, SourceReader
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The mixture's arithmetic, pure (no I/O): weights, stages, blend, epoch orders, the stream position, transitions, plans."""

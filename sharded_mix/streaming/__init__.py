@@ -1,0 +1,1 @@
+"""The training path's I/O: finding shards, reading blocks, the DataLoader stream."""

@@ -1,0 +1,1 @@
+"""Offline commands behind ``sharded-mix``: prepare, demo, link, merge, inspect, evaluate, checkpoints, fake shards."""
