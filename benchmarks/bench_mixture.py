@@ -28,15 +28,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import logging
 import math
 import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -51,7 +48,7 @@ if str(REPO) not in sys.path:
 from litdata import TokensLoader  # noqa: E402
 from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset  # noqa: E402
 
-from common import log, machine_info, machine_lines, verdict  # noqa: E402
+from common import data_root, log, machine_info, machine_lines, quiet, verdict  # noqa: E402
 from sharded_mix.mixing.blend import Blender  # noqa: E402
 from sharded_mix.shards import Shard  # noqa: E402
 from sharded_mix.streaming.discovery import discover_shards  # noqa: E402
@@ -361,20 +358,12 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     began = time.perf_counter()
-    logging.getLogger("sharded_mix").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
+    quiet()
     machine = machine_info()
     log(f"bench_mixture: {machine['cores']} cores, python {machine['python']}, torch {machine['torch']}, litdata {machine['litdata']}")
 
-    temp = None
-    if args.data_dir is None:
-        temp = tempfile.mkdtemp(prefix="bench_mixture_")
-        root = Path(temp)
-    else:
-        root = args.data_dir
-        root.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    try:
+    with data_root(args.data_dir, "bench_mixture_") as root:
         # ---- data
         t = time.perf_counter()
         chunk_bytes = int(args.chunk_mb * (1 << 20))
@@ -471,10 +460,6 @@ def main(argv=None) -> dict:
             log(f"      workers={w} fresh {first[str(w)]['fresh_all_s']} resumed {first[str(w)]['resumed_all_s']}")
         results["first_batch"] = first
         results["resumed_state"] = {"samples": state["samples"], "taken": state["taken"], "max_blend_drift": drift}
-
-    finally:
-        if temp is not None:
-            shutil.rmtree(temp, ignore_errors=True)
 
     machine["loadavg_end"] = os.getloadavg()
     results["total_s"] = time.perf_counter() - began

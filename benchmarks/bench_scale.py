@@ -38,7 +38,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from common import child_pids, log, machine_info, machine_lines, peak_rss_mib, verdict  # noqa: E402
+from common import child_pids, data_root, log, machine_info, machine_lines, peak_rss_mib, verdict  # noqa: E402
 from sharded_mix import ShardedMixedDataset  # noqa: E402  (imported before any timing)
 from sharded_mix.mixing.orders import Ordering, WindowedOrder  # noqa: E402
 from sharded_mix.tools.fake_shards import write_sparse_token_shard  # noqa: E402
@@ -249,8 +248,7 @@ def main(argv=None) -> dict:
         return result
     started = time.perf_counter()
     results = {"machine": machine_info(), "scales": {}}
-    root = args.data_dir or Path(tempfile.mkdtemp(prefix="bench_scale_"))
-    try:
+    with data_root(args.data_dir, "bench_scale_") as root:
         for scale in args.scales:
             base = root / scale
             log(f"{scale}: writing sparse shards in {base}")
@@ -261,9 +259,6 @@ def main(argv=None) -> dict:
             log(f"{scale}: epoch crossing")
             per_scale["crossing"] = run_child(["crossing", str(base), "30"])
             results["scales"][scale] = per_scale
-    finally:
-        if args.data_dir is None:
-            shutil.rmtree(root, ignore_errors=True)
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - started
     log("\n".join(["", *report(results, args)]))

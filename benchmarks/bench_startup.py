@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import logging
 import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from common import log, machine_info, machine_lines, verdict  # noqa: E402
+from common import data_root, log, machine_info, machine_lines, quiet, verdict  # noqa: E402
 from sharded_mix.datamodule import ShardedMixedDataset  # noqa: E402
 from sharded_mix.mixing.weights import mix_spec_from_fields, resolve_weights  # noqa: E402
 from sharded_mix.shards import DEFAULT_SHARD_TYPES  # noqa: E402
@@ -161,13 +158,9 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     began = time.perf_counter()
-    logging.getLogger("sharded_mix").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
+    quiet()
     results: dict = {"machine": machine_info()}
-    temp = None if args.data_dir is not None else tempfile.mkdtemp(prefix="bench_startup_")
-    root = args.data_dir or Path(temp)
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    with data_root(args.data_dir, "bench_startup_") as root:
         # ---- start-up with many shards
         log(f"start-up with {args.shard_counts} tiny shards")
         val = root / "val"
@@ -192,9 +185,6 @@ def main(argv=None) -> dict:
             startup[str(n)] = row
             log(f"      {n} shards (built in {built:.1f} s): total {row['total_all_s']}, data module {row['datamodule_total_s']:.3f} s")
         results["startup"] = startup
-    finally:
-        if temp is not None:
-            shutil.rmtree(temp, ignore_errors=True)
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["total_s"] = time.perf_counter() - began
     lines = report(results)

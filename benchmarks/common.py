@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import platform
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import litdata
@@ -13,6 +19,26 @@ import torch
 
 def log(message: str = "") -> None:
     print(message, flush=True)
+
+
+def quiet() -> None:
+    """Keep the tables readable: no plan logs from sharded_mix, no library warnings."""
+    logging.getLogger("sharded_mix").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+
+
+@contextlib.contextmanager
+def data_root(data_dir: Path | None, prefix: str) -> Iterator[Path]:
+    """``data_dir`` (created if needed, kept), or a temporary directory removed at the end."""
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        yield data_dir
+        return
+    temp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield temp
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def machine_info() -> dict:

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from conftest import BLOCK, block_ids, make, take
-from sharded_mix.mixing.orders import LEGACY_WINDOW, LegacyOrder, Ordering, WindowedOrder
+from sharded_mix.mixing.orders import LEGACY_WINDOW, Ordering, epoch_order
 
 WEIGHTS = "main/1:0.6,m1:0.4"
 BLOCKS = {"main/1": 1206, "m1": 181}
@@ -42,11 +42,7 @@ def expected(data, shard_id: str, orders, start: int, count: int) -> list[int]:
     for draw in range(start, start + count):
         epoch, position = divmod(draw, blocks)
         if epoch not in built:
-            ordering = orders[epoch]
-            built[epoch] = (
-                LegacyOrder(chunk_blocks, ordering.seed, shard_id, epoch) if ordering.window == LEGACY_WINDOW
-                else WindowedOrder(chunk_blocks, ordering, shard_id, epoch)
-            )
+            built[epoch] = epoch_order(chunk_blocks, orders[epoch], shard_id, epoch)
         offsets.append(built[epoch].block(position) * BLOCK)
     return offsets
 

@@ -236,6 +236,7 @@ class MixtureLoader(DataLoader):
         if state["world_size"] != stream.world_size and rank_zero_only.rank == 0:
             logger.info("resuming data on %d ranks (the checkpoint ran on %d)", stream.world_size, state["world_size"])
         rows = self.cursor.restore(state)
+        saved, ordering = saved_ordering(state), self.cursor.stage.ordering
         if rows is not None and rank_zero_only.rank == 0:
             batches = state["samples"] // stream.batch_size
             heading = (
@@ -245,8 +246,7 @@ class MixtureLoader(DataLoader):
             details = [] if state["block_size"] == self.cursor.stage.block_size else [
                 f"block size {state['block_size']} -> {self.cursor.stage.block_size} (seq_len {state['block_size'] - 1} -> {self.cursor.stage.block_size - 1})"
             ]
-            logger.info("%s", format_transition(rows, heading, saved_ordering(state), self.cursor.stage.ordering, details=details))
-        saved, ordering = saved_ordering(state), self.cursor.stage.ordering
+            logger.info("%s", format_transition(rows, heading, saved, ordering, details=details))
         if rows is None and saved != ordering and rank_zero_only.rank == 0:
             logger.info(
                 "resuming with %s; the checkpoint ran with %s: each source finishes its epoch in progress in the "
