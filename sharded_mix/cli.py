@@ -120,6 +120,30 @@ def _run_data_position(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_resume_checkpoint(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "resume-checkpoint",
+        help="print the newest complete step-*/lit_model.pth of a run, skipping half-written ones",
+        description="Print the newest step-*/lit_model.pth in OUT_DIR that is a complete checkpoint (a save cut short "
+        "by a kill is skipped, with the reason on stderr). Exit code 1, printing nothing, when none is.",
+    )
+    p.add_argument("out_dir", type=Path, help="the out_dir of a litgpt pretrain run")
+    p.set_defaults(func=_run_resume_checkpoint)
+
+
+def _run_resume_checkpoint(args: argparse.Namespace) -> int:
+    from sharded_mix.tools.checkpoints import newest_loadable_checkpoint
+
+    checkpoint, skipped = newest_loadable_checkpoint(args.out_dir)
+    for path, reason in skipped:
+        print(f"skipping {path}: {reason}" + ("; falling back to an earlier step" if checkpoint else ""), file=sys.stderr)
+    if checkpoint is None:
+        print(f"no complete checkpoint in {args.out_dir}" if skipped else f"no step-* checkpoints in {args.out_dir}", file=sys.stderr)
+        return 1
+    print(checkpoint)
+    return 0
+
+
 def _add_plan(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plan",
@@ -174,11 +198,16 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
         help="list the shards under a data directory: sizes, dtypes, totals per type and problems",
         description="Discover the shards under DATA_PATH (or its train/ and val/ splits) and show per shard its id, type, "
         "tokens, documents, chunks, token dtype and size on disk, the totals per type, and the problems found: "
-        "unreadable index.json, missing chunk files, shards that are not token shards, mixed dtypes. Exit code 1 when "
-        "there are problems.",
+        "unreadable index.json, chunk files missing, unreadable or of the wrong size (one stat each), shards that are "
+        "not token shards, mixed dtypes. --verify also reads every chunk's header and 3 windows of 4,096 tokens per chunk "
+        "and checks the token ids against --vocab-size or --tokenizer-dir. Exit code 1 when there are problems.",
     )
     p.add_argument("data_path", type=Path, help="a base directory of shards, or one with train/ and val/")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--verify", action="store_true", help="read chunk headers and sample token ids (a few KB per chunk)")
+    bound = p.add_mutually_exclusive_group()
+    bound.add_argument("--vocab-size", type=int, default=None, help="token ids must be below this (implies --verify)")
+    bound.add_argument("--tokenizer-dir", type=Path, default=None, help="bound token ids by this litgpt tokenizer's vocabulary (implies --verify)")
     p.set_defaults(func=_run_inspect)
 
 
@@ -186,8 +215,13 @@ def _run_inspect(args: argparse.Namespace) -> int:
     import json
 
     from sharded_mix.tools.inventory import format_inventory, inspect_data_path
+    from sharded_mix.tools.verify import tokenizer_vocab_size
 
-    inventories = inspect_data_path(args.data_path)
+    if args.vocab_size is not None and args.vocab_size < 1:
+        raise ValueError(f"--vocab-size {args.vocab_size}: give the tokenizer's vocabulary size, a positive number.")
+    vocab_size = tokenizer_vocab_size(args.tokenizer_dir) if args.tokenizer_dir is not None else args.vocab_size
+    verify = args.verify or vocab_size is not None
+    inventories = inspect_data_path(args.data_path, verify=verify, vocab_size=vocab_size)
     if args.json:
         print(json.dumps([inventory.as_dict() for inventory in inventories], indent=2))
     else:
@@ -293,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(subparsers)
     _add_link_checkpoints(subparsers)
     _add_data_position(subparsers)
+    _add_resume_checkpoint(subparsers)
     _add_plan(subparsers)
     _add_inspect(subparsers)
     _add_link(subparsers)

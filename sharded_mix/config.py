@@ -21,9 +21,15 @@ def load_mix_file(path: str | Path) -> dict:
         raise ValueError(f"mix_config_path {str(path)!r} does not exist; point it at a .json or .yaml mix file.")
     text = path.read_text(encoding="utf-8")
     try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ValueError(f"mix_config_path {str(path)!r} is not valid {path.suffix[1:] or 'YAML'}: {err}") from err
+    if not content:
+        raise ValueError(
+            f"mix_config_path {str(path)!r} holds no blend (it is empty or all comments); write one, e.g. "
+            "weights: {main: 0.88, math: 0.12}, or drop mix_config_path."
+        )
+    return content
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from sharded_mix.config import load_mix_file
 from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW
 from sharded_mix.mixing.plan import PlanRow, format_mixture_plan, format_stage_plan, mixture_rows
 from sharded_mix.mixing.stages import DataStage, Stage, StagePlanRow, TopLevel, build_stages, stage_plan_rows, stage_starts
+from sharded_mix.mixing.state import DATA_CHANGE_POLICIES
 from sharded_mix.mixing.weights import MixSpec, check_type_names, mix_spec_from_fields, resolve_weights
-from sharded_mix.shards import Shard, resolve_shard_types
+from sharded_mix.shards import MAIN_TYPE, Shard, resolve_shard_types
+from sharded_mix.streaming.chunk_checks import capped, chunk_file_problems
 from sharded_mix.streaming.discovery import discover_shards
 from sharded_mix.streaming.stream import distributed_rank_world, staged_loader, stream_stage, validation_loader
 
@@ -32,6 +35,23 @@ def expand_path(value: str | Path, field_name: str) -> str:
     if unset:
         raise ValueError(f"{field_name} {str(value)!r}: environment variable {unset[0]} is not set; export it or write the path out.")
     return expanded
+
+
+def calling_train_args():
+    """The ``TrainArgs`` of the LitGPT command (``litgpt pretrain``'s ``get_dataloaders``) calling ``connect``, or None.
+
+    LitGPT tells a data module its micro-batch size only; its ``global_batch_size`` is a local named
+    ``train`` of a calling frame.
+    """
+    from litgpt.args import TrainArgs
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        train = frame.f_locals.get("train")
+        if isinstance(train, TrainArgs):
+            return train
+        frame = frame.f_back
+    return None
 
 
 def log_rank_zero(message: str, *args) -> None:
@@ -104,6 +124,13 @@ class ShardedMixedDataset(DataModule):
     loader process: 8 bytes × shuffle_window × blocks per chunk. A change applies from each source's next epoch."""
     max_epochs_per_source: int | None = None
     """Stop with an error when a source would start more passes than this (default: no limit)."""
+    exclude_shards: list[str] | None = None
+    """Shard ids to leave out of discovery, e.g. ``[c2, main/3]``: the way to train without a shard directory that is
+    broken or not a shard (any other directory named like a shard must be a readable shard, or setup stops)."""
+    on_data_change: str = "error"
+    """When resuming, what to do with a source whose shard changed since the checkpoint (its content fingerprint differs):
+    ``error`` (stop and say which), ``restart`` (it starts over; blocks it gave may come again) or ``continue`` (it
+    keeps its position over the new content). The last two log a WARNING with what they cost."""
     stages: list[DataStage] | None = None
     """Data stages, each ``{name, start_step | start_tokens, [end_step | end_tokens], <mixture fields>, [seed], [seq_len]}``;
     omitted fields inherit the top-level ones. None: one stage, ``default``, from the top-level fields."""
@@ -135,6 +162,12 @@ class ShardedMixedDataset(DataModule):
                 f"shuffle_window is {self.shuffle_window!r}; use a whole number of chunks, 1 or more "
                 f"(1: one chunk at a time; default {DEFAULT_SHUFFLE_WINDOW})."
             )
+        if self.on_data_change not in DATA_CHANGE_POLICIES:
+            raise ValueError(f"on_data_change is {self.on_data_change!r}; use one of {', '.join(DATA_CHANGE_POLICIES)} (default error).")
+        if self.exclude_shards is not None and (
+            isinstance(self.exclude_shards, str) or not all(isinstance(name, str) and name for name in self.exclude_shards)
+        ):
+            raise ValueError(f"exclude_shards is {self.exclude_shards!r}; give a list of shard ids, e.g. exclude_shards: [c2, main/3].")
         self.shard_types = resolve_shard_types(self.shard_types)
         mix_config = None
         if self.mix_config_path is not None:
@@ -165,6 +198,9 @@ class ShardedMixedDataset(DataModule):
             raise ValueError(f"global_batch_size is {self.global_batch_size}; set it to train.global_batch_size.")
 
     def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size (train.micro_batch_size) is {batch_size!r}; use a whole number >= 1.")
+        self._adopt_global_batch_size(calling_train_args())
         self.batch_size = batch_size
         self.seq_length = (max_seq_length if max_seq_length is not None else 2048) + 1
         stage_starts(self.schedule, self.global_batch_size, self.seq_length - 1)  # order, gaps and overlaps, before any I/O
@@ -174,6 +210,20 @@ class ShardedMixedDataset(DataModule):
                     f"stage {stage.name!r}: seq_len {stage.seq_len} is larger than the model's max_seq_length "
                     f"{self.seq_length - 1}; raise train.max_seq_length to at least {stage.seq_len}, or lower the stage's seq_len."
                 )
+
+    def _adopt_global_batch_size(self, train) -> None:
+        """Take ``train.global_batch_size`` from the LitGPT command connecting us, or refuse one that disagrees."""
+        if train is None or train.global_batch_size is None:
+            return
+        if self.global_batch_size is None:
+            self.global_batch_size = train.global_batch_size
+            log_rank_zero("global_batch_size %d, from train.global_batch_size", self.global_batch_size)
+        elif self.global_batch_size != train.global_batch_size:
+            raise ValueError(
+                f"global_batch_size is {self.global_batch_size} in the data args but train.global_batch_size is "
+                f"{train.global_batch_size}: stages would start at the wrong steps. Make them equal, or drop the data one "
+                "(it is taken from train.global_batch_size)."
+            )
 
     def data_dirs(self) -> tuple[str, str | None]:
         """The training base directory and the validation path (None if there is none)."""
@@ -186,8 +236,10 @@ class ShardedMixedDataset(DataModule):
         return data_path, None
 
     def _mixture(self, base: str, field_name: str) -> Mixture:
-        shards = discover_shards(base, self.shard_types, field=field_name)
+        shards = discover_shards(base, self.shard_types, field=field_name, exclude=self.exclude_shards or ())
         if len(shards) == 1 and shards[0].path == base:
+            if field_name == "data_path":
+                self._check_single_directory_blend(base)
             weights = {shards[0].id: 1.0}  # a plain litdata directory, not a typed base
         else:
             try:
@@ -197,6 +249,18 @@ class ShardedMixedDataset(DataModule):
         mixture = Mixture(base=base, shards=tuple(shards), weights=weights)
         _check_blocks(mixture.sources, self.seq_length, f"{field_name} {base!r}", "max_seq_length + 1")
         return mixture
+
+    def _check_single_directory_blend(self, base: str) -> None:
+        """A blend naming anything but ``main`` cannot apply to one litdata directory: refuse it rather than ignore it."""
+        for stage in self.schedule:
+            named = sorted(name for name, weight in stage.spec.weights.items() if weight > 0 and name != MAIN_TYPE)
+            if named:
+                where = "" if len(self.schedule) == 1 else f"stage {stage.name!r}: "
+                raise ValueError(
+                    f"{where}data_path {base!r} is one litdata directory (it holds index.json), but {stage.spec.origin} names "
+                    f"{', '.join(named)}: the blend would be ignored. Point data_path at the base directory holding the typed "
+                    "shards (1/, c1/, m1/, ...), or drop the blend to train this directory alone."
+                )
 
     def setup(self, stage: str = "") -> None:
         """Discover shards, resolve weights, check them, and log the plan (rank zero)."""
@@ -211,6 +275,7 @@ class ShardedMixedDataset(DataModule):
         self.val_mixture = self._mixture(val_base, "val_data_path")
         self.stage_weights = [self._stage_weights(stage) for stage in self.schedule]
         used = {source for weights in self.stage_weights for source in weights}
+        self._check_chunk_files([shard for shard in self.train_mixture.shards if shard.id in used] + self.val_mixture.sources)
         dtypes = {(f"{label}{shard.id}", shard.dtype)
                   for label, shards in (("", [s for s in self.train_mixture.shards if s.id in used]), ("val:", self.val_mixture.sources))
                   for shard in shards}
@@ -227,6 +292,17 @@ class ShardedMixedDataset(DataModule):
         log_rank_zero("%s", format_mixture_plan(self.plan_rows(), f"train {train_base}", details))
         log_rank_zero("%s", format_stage_plan(self.plan(), f"{len(self.schedule)} stage(s), train {train_base}"))
         log_rank_zero("Validation data: %s (%d sources)", val_base, len(self.val_mixture.sources))
+
+    @staticmethod
+    def _check_chunk_files(shards: list[Shard]) -> None:
+        """Every chunk file of the run's shards is there, readable and of its indexed size (one stat each, no reads)."""
+        problems = [problem for shard in shards for problem in chunk_file_problems(shard, limit=5)]
+        if problems:
+            shown = capped(problems, 20, "problems")
+            raise ValueError(
+                "the shards of this run have chunk file problems, found before training:\n  " + "\n  ".join(shown)
+                + "\n`sharded-mix inspect --verify DATA_PATH` lists every shard's problems."
+            )
 
     def _stage_weights(self, stage: Stage) -> dict[str, float]:
         mixture = self.train_mixture
@@ -273,7 +349,9 @@ class ShardedMixedDataset(DataModule):
             )
             for stage, weights, start in zip(self.schedule, self.stage_weights, starts)
         ]
-        return staged_loader(mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source)
+        return staged_loader(
+            mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source, self.on_data_change
+        )
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 
 MAIN_TYPE = "main"
 INDEX_FILE = "index.json"
@@ -31,6 +33,15 @@ DEFAULT_SHARD_TYPES: dict[str, str] = {
     "web": "w",
 }
 """Typed shard prefixes (type name -> directory prefix). ``main`` has no prefix."""
+
+HEADER_ITEM_BYTES = 4
+"""TokensLoader chunk header: a uint32 item count N, then N + 1 uint32 byte offsets, then the tokens."""
+
+
+def chunk_header_bytes(items: int) -> int:
+    """Bytes before the first token of a TokensLoader chunk holding ``items`` documents."""
+    return (items + 2) * HEADER_ITEM_BYTES
+
 
 _TYPED_NAME = re.compile(r"^([A-Za-z_]+)(\d+)$")
 
@@ -53,10 +64,19 @@ class Shard:
     plain_tokens: bool = False
     """Whether the chunks are in the plain TokensLoader layout (no compression or encryption), so they can be
     memory-mapped; other shards are read through litdata."""
+    fingerprint: str = ""
+    """A hash of ``index.json`` and samples of the chunk bytes (``discovery.content_fingerprint``): it changes when the
+    shard is rewritten; checkpoints record it."""
 
     @property
     def chunks(self) -> int:
         return len(self.chunk_tokens)
+
+    def chunk_bytes(self, chunk: int) -> int | None:
+        """The size chunk file ``chunk`` must have in the plain TokensLoader layout (None for other layouts)."""
+        if not self.plain_tokens:
+            return None
+        return chunk_header_bytes(self.chunk_items[chunk]) + self.chunk_tokens[chunk] * np.dtype(self.dtype).itemsize
 
     def blocks(self, block_size: int) -> int:
         """Blocks litdata's ``TokensLoader`` cuts from this shard (blocks never span chunks)."""
@@ -110,16 +130,38 @@ def index_token_dtype(index: dict) -> str:
     return str(dtype).removeprefix("torch.") if dtype is not None else str(formats[0])
 
 
-def shard_from_index(shard_id: str, type_name: str, path: str | Path, index: dict) -> Shard:
-    """Build a ``Shard`` from its parsed ``index.json``: token counts are the chunks' ``dim``."""
-    chunks = index["chunks"]
-    if any(chunk.get("dim") is None for chunk in chunks):
+def _chunk_entry(shard_id: str, path: str | Path, number: int, chunk: object) -> tuple[str, int, int]:
+    """``(file name, tokens, documents)`` of one ``index.json`` chunk entry, checked."""
+    where = f"shard {shard_id!r} at {str(path)!r}: {INDEX_FILE} chunk {number}"
+    if not isinstance(chunk, Mapping):
+        raise ValueError(f"{where} is {chunk!r}, not an object; re-run `sharded-mix prepare` for this shard.")
+    if chunk.get("dim") is None:
         raise ValueError(
             f"shard {shard_id!r} at {str(path)!r} is not a token shard (its chunks have no 'dim'); "
             "write it with litdata optimize(item_loader=TokensLoader()) or `sharded-mix prepare`."
         )
-    chunk_tokens = tuple(int(chunk["dim"]) for chunk in chunks)
-    chunk_items = tuple(int(chunk.get("chunk_size") or 0) for chunk in chunks)
+    filename, tokens, items = chunk.get("filename"), chunk.get("dim"), chunk.get("chunk_size") or 0
+    for name, value in (("dim", tokens), ("chunk_size", items)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{where}: {name} is {value!r}, not a whole number >= 0; re-run `sharded-mix prepare` for this shard.")
+    if not isinstance(filename, str) or not is_plain_file_name(filename):
+        raise ValueError(
+            f"{where}: filename {filename!r} is not a file name inside the shard (no '/', '..' or absolute paths); "
+            "the index was edited or written by another tool. Re-run `sharded-mix prepare` for this shard."
+        )
+    return filename, tokens, items
+
+
+def is_plain_file_name(name: str) -> bool:
+    """Whether ``name`` names a file directly inside a directory (no separators, ``.`` or ``..``)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+def shard_from_index(shard_id: str, type_name: str, path: str | Path, index: dict) -> Shard:
+    """Build a ``Shard`` from its parsed ``index.json``: token counts are the chunks' ``dim``."""
+    entries = [_chunk_entry(shard_id, path, number, chunk) for number, chunk in enumerate(index["chunks"])]
+    chunk_tokens = tuple(tokens for _, tokens, _ in entries)
+    chunk_items = tuple(items for _, _, items in entries)
     return Shard(
         id=shard_id,
         type=type_name,
@@ -128,7 +170,7 @@ def shard_from_index(shard_id: str, type_name: str, path: str | Path, index: dic
         documents=sum(chunk_items),
         chunk_tokens=chunk_tokens,
         dtype=index_token_dtype(index),
-        chunk_files=tuple(str(chunk.get("filename")) for chunk in chunks),
+        chunk_files=tuple(filename for filename, _, _ in entries),
         chunk_items=chunk_items,
         plain_tokens=is_plain_token_shard(index),
     )

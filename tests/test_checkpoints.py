@@ -8,7 +8,7 @@ from litgpt.utils import find_resume_path
 
 from conftest import make, take
 from sharded_mix.cli import main
-from sharded_mix.tools.checkpoints import link_checkpoints, read_data_position
+from sharded_mix.tools.checkpoints import checkpoint_file_problem, link_checkpoints, newest_loadable_checkpoint, read_data_position
 
 
 @pytest.fixture
@@ -81,3 +81,98 @@ def test_data_position_refuses_a_checkpoint_without_our_state(tmp_path):
         read_data_position(tmp_path / "lit_model.pth")
     with pytest.raises(ValueError, match="no checkpoint at"):
         read_data_position(tmp_path / "missing")
+
+
+def save_steps(out_dir, *steps):
+    """Complete ``torch.save`` checkpoints at ``out_dir/step-N/lit_model.pth``, by step."""
+    paths = {}
+    for step in steps:
+        paths[step] = out_dir / f"step-{step:08d}" / "lit_model.pth"
+        paths[step].parent.mkdir(parents=True)
+        torch.save({"model": {"w": torch.zeros(1000)}, "iter_num": step}, paths[step])
+    return paths
+
+
+def truncate(path, keep):
+    data = path.read_bytes()
+    path.write_bytes(data[: keep(len(data))])
+
+
+@pytest.mark.parametrize("keep", [lambda size: 0, lambda size: size // 2, lambda size: size - 10], ids=["empty", "half", "all-but-10-bytes"])
+def test_a_half_written_newest_checkpoint_is_skipped(tmp_path, keep):
+    paths = save_steps(tmp_path / "run", 10, 20)
+    truncate(paths[20], keep)
+    checkpoint, skipped = newest_loadable_checkpoint(tmp_path / "run")
+    assert checkpoint == paths[10]
+    assert [path for path, _ in skipped] == [paths[20]]
+    assert skipped[0][1] in ("empty (0 bytes)", "truncated (not a complete zip file)")
+    torch.load(checkpoint, weights_only=True)
+
+
+def test_every_truncation_is_caught_and_torch_cannot_load_it(tmp_path):
+    (path,) = save_steps(tmp_path, 1).values()
+    data = path.read_bytes()
+    assert checkpoint_file_problem(path) is None
+    for size in [*range(0, len(data), 97), len(data) - 1]:
+        path.write_bytes(data[:size])
+        assert checkpoint_file_problem(path) is not None, size
+        with pytest.raises(Exception):
+            torch.load(path, weights_only=True)
+
+
+def test_no_complete_checkpoint_gives_none_with_every_reason(tmp_path):
+    run = tmp_path / "run"
+    paths = save_steps(run, 5, 10, 20, 30)
+    truncate(paths[30], lambda size: size // 3)
+    paths[20].write_bytes(b"not a checkpoint at all")
+    paths[10].unlink()
+    torch.save({"w": torch.zeros(3)}, paths[5], _use_new_zipfile_serialization=False)
+    (run / "step-00000040").mkdir()
+    (run / "step-00000040" / "lit_model.pth").write_bytes(b"")
+    checkpoint, skipped = newest_loadable_checkpoint(run)
+    assert checkpoint is None
+    assert skipped == [
+        (run / "step-00000040" / "lit_model.pth", "empty (0 bytes)"),
+        (paths[30], "truncated (not a complete zip file)"),
+        (paths[20], "not a zip-format torch checkpoint (a legacy torch.save file, or not a checkpoint at all)"),
+        (paths[10], "missing"),
+        (paths[5], "not a zip-format torch checkpoint (a legacy torch.save file, or not a checkpoint at all)"),
+    ]
+
+
+def test_a_zip_that_is_not_a_torch_checkpoint_is_skipped(tmp_path):
+    import zipfile
+
+    path = tmp_path / "lit_model.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "hello")
+    assert checkpoint_file_problem(path) == "a zip file without a */data.pkl entry, so not a torch checkpoint"
+
+
+def test_no_step_directories_gives_none(tmp_path):
+    assert newest_loadable_checkpoint(tmp_path / "missing") == (None, [])
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "step-notanumber").mkdir()
+    assert newest_loadable_checkpoint(tmp_path / "run") == (None, [])
+
+
+def test_resume_checkpoint_cli(tmp_path, capsys):
+    run = tmp_path / "run"
+    paths = save_steps(run, 10, 20)
+    truncate(paths[20], lambda size: size // 2)
+    assert main(["resume-checkpoint", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"{paths[10]}\n"
+    assert captured.err == f"skipping {paths[20]}: truncated (not a complete zip file); falling back to an earlier step\n"
+    truncate(paths[10], lambda size: 0)
+    assert main(["resume-checkpoint", str(run)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"skipping {paths[20]}: truncated (not a complete zip file)",
+        f"skipping {paths[10]}: empty (0 bytes)",
+        f"no complete checkpoint in {run}",
+    ]
+    assert main(["resume-checkpoint", str(tmp_path / "fresh")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"no step-* checkpoints in {tmp_path / 'fresh'}\n"

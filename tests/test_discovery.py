@@ -79,11 +79,14 @@ def test_classify_shard_name_is_pure():
     assert classify_shard_name("c1", types, under_main=True) is None
 
 
-def test_directories_without_index_are_not_shards(tmp_path):
+def test_directories_named_like_shards_without_index_are_errors_unless_excluded(tmp_path):
     write_source(tmp_path, "1", 1, 300)
     (tmp_path / "2").mkdir()
     (tmp_path / "m1").mkdir()
-    assert [s.id for s in discover_shards(tmp_path)] == ["main/1"]
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(ValueError, match=r"(?s)2 shard directories are not usable.*main/2 \(.*/2\): has no index.json.*m1 \(.*/m1\): has no index.json.*exclude_shards"):
+        discover_shards(tmp_path)
+    assert [s.id for s in discover_shards(tmp_path, exclude=["main/2", "m1"])] == ["main/1"]
 
 
 def test_a_single_litdata_directory_is_one_main_source(tmp_path):

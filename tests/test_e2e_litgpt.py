@@ -113,3 +113,32 @@ def test_warm_start_from_weights_only_starts_the_data_fresh(pretrained):
     assert "DATA MIX TRANSITION" not in output
     state = read_data_position(run_dir / "out" / "step-00000006")["data"]
     assert state["samples"] == 24 and {source: entry["draws"] for source, entry in state["sources"].items()} == {"c1": 12, "main/1": 12}
+
+
+def test_a_shard_rewritten_since_the_checkpoint_stops_the_resume_unless_told_how(pretrained):
+    import shutil
+
+    import numpy as np
+
+    from litgpt_runs import write_token_shard
+
+    run_dir = pretrained / "rewritten"
+    shutil.copytree(pretrained / "data", run_dir / "data")
+    shutil.rmtree(run_dir / "data" / "train" / "c1")
+    documents = [np.random.default_rng(1).integers(0, 1000, 400) for _ in range(30)]  # same size, new tokens
+    write_token_shard(run_dir / "data" / "train" / "c1", documents, chunk_bytes=8000)
+    config = pretrain_config(run_dir, {"data_path": str(run_dir / "data"), "literal_weights_str": PRETRAIN_BLEND})
+    checkpoint = pretrained / "out" / "step-00000003" / "lit_model.pth"
+    command = [LITGPT, "pretrain", "--config", str(config), "--resume", str(checkpoint)]
+    refused = subprocess.run(command, cwd=pretrained, capture_output=True, text=True, timeout=600)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "on_data_change=error: 1 source(s) changed since the checkpoint" in output
+    assert re.search(r"c1 \(.*rewritten/data/train/c1\): content [0-9a-f]{16} in the checkpoint", output)
+    assert "iter 4 " not in output and not (run_dir / "out" / "step-00000006").exists()
+
+    output = run_pretrain(config, pretrained, "--resume", str(checkpoint), "--data.on_data_change", "restart")
+    assert "on_data_change=restart: 1 source(s) changed" in output and "starts over from its first block" in output
+    state = read_data_position(run_dir / "out" / "step-00000006")["data"]
+    before = read_data_position(checkpoint)["data"]
+    assert state["sources"]["c1"]["draws"] == state["taken"]["c1"] - before["taken"]["c1"]  # from draw 0 at the resume
+    assert state["sources"]["main/1"]["draws"] == state["taken"]["main/1"]  # untouched sources continue

@@ -31,7 +31,8 @@ def test_no_stages_is_one_default_stage(tmp_path):
     write_shards(tmp_path / "data")
     output = run_pretrain(pretrain_config(tmp_path, {"data_path": "data", "mix_weights_str": "main:0.8,code:0.2"}), cwd=tmp_path)
     assert "===== DATA STAGE TRAINING PLAN: 1 stage(s)" in output
-    assert re.search(r"stage default: steps \? \(no global_batch_size\), tokens 0 -> end, seq_len 64, seed 42; inherited from the top level: blend", output)
+    assert "global_batch_size 4, from train.global_batch_size" in output  # the data args have none: LitGPT's is used
+    assert re.search(r"stage default: steps 0 -> end, tokens 0 -> end, seq_len 64, seed 42; inherited from the top level: blend", output)
     assert "DATA STAGE TRANSITION" not in output and "iter 6 step 6" in output
 
 

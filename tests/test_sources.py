@@ -75,7 +75,7 @@ def test_a_damaged_chunk_file_is_an_error_naming_it(tmp_path, damage):
     reader = _reader(path, block_size=33)
     row = np.empty(33, dtype=np.int32)
     reader.read_into(0, row)  # the first chunk is fine
-    with pytest.raises(ValueError, match=rf"shard 'c1': chunk file '.*{victim.name}' (cannot be read|holds [\d,]+ bytes, but index.json says)"):
+    with pytest.raises(ValueError, match=rf"shard 'c1': chunk file '.*{victim.name}' (is missing|holds [\d,]+ bytes, expected [\d,]+ \(index.json: )"):
         reader.read_into(reader.blocks - 1, row)
 
 

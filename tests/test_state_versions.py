@@ -7,6 +7,7 @@ import pytest
 
 from conftest import BLOCK, block_ids, make, take
 from sharded_mix.mixing.orders import LEGACY_WINDOW, Ordering, epoch_order
+from sharded_mix.mixing.state import STATE_VERSION
 
 WEIGHTS = "main/1:0.6,m1:0.4"
 BLOCKS = {"main/1": 1206, "m1": 181}
@@ -71,7 +72,7 @@ def test_a_version_2_checkpoint_finishes_its_epochs_in_the_v2_order_then_uses_wi
 
 
 @pytest.mark.parametrize("workers_after", [0, 2])
-def test_the_v2_order_survives_a_save_and_resume_in_version_3(scenario, workers_after):
+def test_the_v2_order_survives_a_save_and_resume_in_the_current_version(scenario, workers_after):
     first = make(scenario, batch_size=10, literal_weights_str=WEIGHTS).train_dataloader()
     take(first, 25)
     v2 = as_version_2(first.state_dict())
@@ -83,7 +84,7 @@ def test_the_v2_order_survives_a_save_and_resume_in_version_3(scenario, workers_
     head_loader.load_state_dict(v2)
     head = block_ids(take(head_loader, 4))
     saved = head_loader.state_dict()
-    assert saved["version"] == 3 and saved["shuffle_window"] == 4
+    assert saved["version"] == STATE_VERSION and saved["shuffle_window"] == 4
     assert saved["sources"]["m1"]["pinned_order"] == {"epoch": 0, "seed": 42, "shuffle_window": LEGACY_WINDOW}
     tail_loader = make(scenario, batch_size=10, num_workers=workers_after, literal_weights_str=WEIGHTS).train_dataloader()
     tail_loader.load_state_dict(saved)
@@ -122,8 +123,8 @@ def test_a_changed_shuffle_window_applies_from_each_source_next_epoch(scenario, 
 def test_a_state_version_from_the_future_is_refused(scenario):
     loader = make(scenario, batch_size=10, literal_weights_str=WEIGHTS).train_dataloader()
     state = loader.state_dict()
-    state["version"] = 4
-    with pytest.raises(ValueError, match=r"state version 4 is not one of \(1, 2, 3\)"):
+    state["version"] = STATE_VERSION + 1
+    with pytest.raises(ValueError, match=rf"state version {STATE_VERSION + 1} is not one of \(1, 2, 3, 4\).*upgrade sharded_mix"):
         loader.load_state_dict(state)
 
 

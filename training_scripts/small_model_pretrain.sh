@@ -5,8 +5,9 @@
 #   CONFIG_LIST=$PWD/configs.txt sbatch --array=1-N training_scripts/small_model_pretrain.sh
 #
 # The config file is never edited. A relaunch (requeue after preemption, or a resubmission) continues from
-# the newest checkpoint in the run's own out_dir; a first launch keeps the config's `resume` (a midtraining
-# config's pretraining checkpoint); a run whose out_dir/final exists is done and exits 0 at once.
+# the newest complete checkpoint in the run's own out_dir (one half-written by a killed job is skipped; none
+# complete is an error); a first launch keeps the config's `resume` (a midtraining config's pretraining
+# checkpoint); a run whose out_dir/final exists is done and exits 0 at once. `python` must import sharded_mix.
 #
 #SBATCH --job-name=sharded-mix
 #SBATCH --requeue
@@ -23,7 +24,7 @@ if [ -n "${SHARDED_MIX_SITE_ENV:-}" ]; then
     # shellcheck disable=SC1090
     source "$SHARDED_MIX_SITE_ENV"
 fi
-: "${SHARDED_MIX_ACTIVATE:=}"   # shell code that makes litgpt and python available, e.g. "source ~/venvs/lm/bin/activate"
+: "${SHARDED_MIX_ACTIVATE:=}"   # shell code that makes litgpt and a python that imports sharded_mix available, e.g. "source ~/venvs/lm/bin/activate"
 : "${LITGPT:=litgpt}"           # the litgpt command
 : "${SHARDED_MIX_SRUN=srun}"    # launcher for the training step; empty runs it directly
 if [ -n "$SHARDED_MIX_ACTIVATE" ]; then eval "$SHARDED_MIX_ACTIVATE"; fi
@@ -57,10 +58,18 @@ if [ -f "$out_dir/final/lit_model.pth" ]; then
     exit 0
 fi
 resume=()
-newest=$(ls -d "$out_dir"/step-*/ 2>/dev/null | sort | tail -n 1 || true)
-if [ -n "$newest" ] && [ -f "$newest/lit_model.pth" ]; then
-    say "relaunch: continuing from the newest checkpoint in out_dir, ${newest%/}"
-    resume=(--resume auto)
+rc=0
+checkpoint=$(python -m sharded_mix.cli resume-checkpoint "$out_dir") || rc=$?
+shopt -s nullglob
+step_dirs=("$out_dir"/step-*)
+shopt -u nullglob
+if [ "$rc" = 0 ] && [ -n "$checkpoint" ]; then
+    say "relaunch: resuming from $checkpoint, the newest complete checkpoint in out_dir"
+    resume=(--resume "$checkpoint")
+elif [ "$rc" != 1 ]; then
+    fail "task $task: checking the checkpoints in $out_dir failed (python -m sharded_mix.cli resume-checkpoint exited $rc; see above)"
+elif (( ${#step_dirs[@]} )); then
+    fail "task $task: $out_dir has step-* directories (${step_dirs[*]##*/}) but no complete checkpoint in them (the lines above say why), so the run neither resumes nor restarts over them. Restore a checkpoint, or delete those step-* directories to start the run over from the config's own resume setting."
 else
     say "first launch: the config's own resume setting applies"
 fi

@@ -29,6 +29,8 @@ import numpy as np
 LEGACY_WINDOW = 0
 """The shuffle window of state versions 1 and 2: their materialised chunk-local order."""
 DEFAULT_SHUFFLE_WINDOW = 4
+SEED_LIMIT = 2**64
+"""Seeds are whole numbers in [0, 2**64); all 64 bits order the epochs."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class WindowedOrder:
     def __init__(self, chunk_blocks: Sequence[int], ordering: Ordering, shard_id: str, epoch: int) -> None:
         if ordering.window < 1:
             raise ValueError(f"shuffle window {ordering.window}: use 1 or more chunks")
-        self.key = [int(ordering.seed) & 0xFFFFFFFF, stable_id(shard_id), int(epoch)]
+        self.key = [int(ordering.seed), stable_id(shard_id), int(epoch)]  # seeds below 2**32 keep their v3 orders
         self.window = ordering.window
         self.chunk_blocks = np.asarray(chunk_blocks, dtype=np.int64)
         self.chunk_starts = chunk_block_starts(self.chunk_blocks)

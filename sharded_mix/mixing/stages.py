@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
+from sharded_mix.mixing.orders import SEED_LIMIT
 from sharded_mix.mixing.weights import MixSpec, mix_spec_from_fields
 
 DEFAULT_STAGE = "default"
@@ -91,6 +92,13 @@ class TopLevel:
     seed: int = 42
 
 
+def check_seed(seed: object, field_name: str = "seed") -> int:
+    """A seed is a whole number in [0, 2**64): bools, floats, strings and None are refused, not truncated."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{field_name} is {seed!r}; use a whole number from 0 to 2**64 - 1, e.g. {field_name}: 42.")
+    return seed
+
+
 def _boundary(stage: DataStage, where: str, kind: str) -> Boundary | None:
     step, tokens = getattr(stage, f"{kind}_step"), getattr(stage, f"{kind}_tokens")
     if step is not None and tokens is not None:
@@ -154,6 +162,7 @@ def build_stages(
     if not specs:
         specs = [DataStage(name=DEFAULT_STAGE, start_step=0)]
 
+    check_seed(top.seed)
     resolved: list[Stage] = []
     for index, stage in enumerate(specs):
         where = f"stages[{index}]"
@@ -165,6 +174,8 @@ def build_stages(
             raise ValueError(f"{where}: no start; give start_step or start_tokens (the first stage usually starts at step 0).")
         if stage.seq_len is not None and (isinstance(stage.seq_len, bool) or not isinstance(stage.seq_len, int) or stage.seq_len < 1):
             raise ValueError(f"{where}: seq_len is {stage.seq_len!r}; use a whole number >= 1 (tokens per sample).")
+        if stage.seed is not None:
+            check_seed(stage.seed, f"{where}: seed")
         spec, inherited = _stage_spec(stage, top, read_mix_file, where)
         resolved.append(
             Stage(stage.name, start, _boundary(stage, where, "end"), spec, top.seed if stage.seed is None else stage.seed, stage.seq_len, inherited)

@@ -9,8 +9,8 @@ Reads: a local, uncompressed, unencrypted token shard is read straight from memo
 chunk files, exactly as litdata's ``TokensLoader`` lays them out (a uint32 item count N, N + 1
 uint32 offsets, then the tokens; block b of a chunk is tokens ``[b·size, (b+1)·size)``). That
 skips litdata's per-item Python layers, which cost more than the rest of the stream together.
-Each chunk file's size is checked against its index entry when it is opened (one ``stat``, not
-one per chunk up front, so start-up stays flat at 30,000 chunks). A shard whose ``index.json``
+Set-up checks every chunk file once (``chunk_checks``); each is checked again when a process first
+maps it, so a file damaged since then is an error naming it. A shard whose ``index.json``
 describes another layout (compressed, encrypted, another item loader) is read through litdata's
 ``StreamingDataset`` instead.
 """
@@ -26,36 +26,23 @@ import numpy as np
 
 from sharded_mix.mixing.orders import EpochOrder, Ordering, chunk_block_starts, epoch_order
 from sharded_mix.mixing.transition import Pin
-from sharded_mix.shards import Shard
+from sharded_mix.shards import Shard, chunk_header_bytes
+from sharded_mix.streaming.chunk_checks import chunk_file_problem
 
 logger = logging.getLogger(__name__)
-
-HEADER_ITEM_BYTES = 4  # TokensLoader chunk header: uint32 count, then count + 1 uint32 offsets
-
 
 def map_chunk(shard: Shard, chunk: int, dtype: np.dtype) -> np.memmap:
     """A read-only map of the tokens of a plain token shard's chunk ``chunk``.
 
-    The file's size is checked against its ``index.json`` entry first, so a missing, truncated or
-    rewritten chunk is an error naming it, never garbage tokens or a hang.
+    The file is checked against its ``index.json`` entry first (``chunk_checks``), so a chunk missing,
+    unreadable, truncated or rewritten since set-up is an error naming it, never garbage tokens or a hang.
     """
+    problem = chunk_file_problem(shard, chunk)
+    if problem:
+        raise ValueError(f"shard {shard.id!r}: {problem}")
+    header = chunk_header_bytes(shard.chunk_items[chunk])
     filename = os.path.join(shard.path, shard.chunk_files[chunk])
-    header, tokens = (shard.chunk_items[chunk] + 2) * HEADER_ITEM_BYTES, shard.chunk_tokens[chunk]
-    expected = header + tokens * dtype.itemsize
-    try:
-        size = os.path.getsize(filename)
-    except OSError as err:
-        raise ValueError(
-            f"shard {shard.id!r}: chunk file {filename!r} cannot be read ({err.strerror}); restore it, or "
-            "re-run `sharded-mix prepare` for this shard."
-        ) from err
-    if size != expected:
-        raise ValueError(
-            f"shard {shard.id!r}: chunk file {filename!r} holds {size:,} bytes, but index.json says {tokens:,} "
-            f"{dtype} tokens after a {header}-byte header ({expected:,} bytes): the file is truncated or was "
-            "rewritten; restore it, or re-run `sharded-mix prepare` for this shard."
-        )
-    return np.memmap(filename, dtype=dtype, mode="r", offset=header, shape=(tokens,))
+    return np.memmap(filename, dtype=dtype, mode="r", offset=header, shape=(shard.chunk_tokens[chunk],))
 
 
 class ChunkMaps:

@@ -31,16 +31,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sharded_mix.mixing.cursor import Cursor, StreamStage, saved_ordering
 from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW
+from sharded_mix.mixing.state import STATE_VERSION, apply_data_change, data_changes, fingerprint, samples_on, validate_state, with_full_seeds
 from sharded_mix.mixing.transition import format_transition
 from sharded_mix.shards import Shard
 from sharded_mix.streaming.sources import ChunkMaps, SourceReader
 
 logger = logging.getLogger(__name__)
-
-STATE_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-"""Version 3 orders epochs by shuffle windows (``orders.py``); an epoch a version 1 or 2 checkpoint
-started finishes in the order of those versions."""
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -148,11 +144,15 @@ def _as_is(batch):
 class MixtureLoader(DataLoader):
     """A DataLoader over a ``MixtureStream`` whose ``state_dict`` is the stream position (LitGPT saves it)."""
 
-    def __init__(self, dataset: MixtureStream, num_workers: int, max_epochs_per_source: int | None = None) -> None:
+    def __init__(
+        self, dataset: MixtureStream, num_workers: int, max_epochs_per_source: int | None = None, on_data_change: str = "error"
+    ) -> None:
         super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
         self._pin = torch.cuda.is_available()
         self.max_epochs_per_source = max_epochs_per_source
+        self.on_data_change = on_data_change
         self.cursor = Cursor(dataset.stages, dataset.world_size)
+        self._saved_fingerprints: dict[str, dict] = {}  # of set-aside sources this run does not read
 
     def __len__(self) -> int:
         """Batches in one pass over the first stage's blocks on this rank (LitGPT's ``lr_warmup_fraction`` uses it)."""
@@ -221,20 +221,35 @@ class MixtureLoader(DataLoader):
     def state_dict(self) -> dict:
         stream: MixtureStream = self.dataset
         state = {"version": STATE_VERSION, **self.cursor.state(), "batch_size": stream.batch_size, "world_size": stream.world_size}
-        for source, entry in state["sources"].items():
-            entry["path"] = stream.shards[source].path
+        for source, entry in [*state["sources"].items(), *state["dropped"].items()]:
+            shard = stream.shards.get(source)
+            if shard is not None:
+                entry.update(path=shard.path, fingerprint=fingerprint(shard))
+            elif source in self._saved_fingerprints:
+                entry["fingerprint"] = self._saved_fingerprints[source]
         return state
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from a checkpoint's position; with a changed blend, seed or block size, carry each source over."""
         stream: MixtureStream = self.dataset
-        if state.get("version") not in READABLE_VERSIONS:
-            raise ValueError(
-                f"train_dataloader state version {state.get('version')!r} is not one of {READABLE_VERSIONS}; "
-                "it was not written by this sharded_mix."
-            )
-        if state["world_size"] != stream.world_size and rank_zero_only.rank == 0:
-            logger.info("resuming data on %d ranks (the checkpoint ran on %d)", stream.world_size, state["world_size"])
+        validate_state(state)
+        state = with_full_seeds(state)
+        changes = data_changes(state, stream.shards)
+        if changes:
+            state, message = apply_data_change(state, changes, stream.shards, self.on_data_change)
+            if rank_zero_only.rank == 0:
+                logger.warning("%s", message)
+        self._saved_fingerprints = {
+            source: entry["fingerprint"] for source, entry in state.get("dropped", {}).items() if "fingerprint" in entry
+        }
+        if state["world_size"] != stream.world_size:
+            samples = samples_on(state, stream.world_size)
+            if rank_zero_only.rank == 0:
+                logger.info(
+                    "resuming data on %d ranks (the checkpoint ran on %d): %d samples per rank there are %d here, so every "
+                    "stage still starts at its step", stream.world_size, state["world_size"], state["samples"], samples,
+                )
+            state = dict(state, samples=samples, world_size=stream.world_size)
         rows = self.cursor.restore(state)
         saved, ordering = saved_ordering(state), self.cursor.stage.ordering
         if rows is not None and rank_zero_only.rank == 0:
@@ -247,11 +262,24 @@ class MixtureLoader(DataLoader):
                 f"block size {state['block_size']} -> {self.cursor.stage.block_size} (seq_len {state['block_size'] - 1} -> {self.cursor.stage.block_size - 1})"
             ]
             logger.info("%s", format_transition(rows, heading, saved, ordering, details=details))
+            if state.get("stage") == self.cursor.stage.name and state["block_size"] != self.cursor.stage.block_size:
+                self._warn_block_size_change(state)
         if rows is None and saved != ordering and rank_zero_only.rank == 0:
             logger.info(
                 "resuming with %s; the checkpoint ran with %s: each source finishes its epoch in progress in the "
                 "checkpoint's order, and its next epochs follow the new one", ordering.describe(), saved.describe(),
             )
+
+    def _warn_block_size_change(self, state: Mapping) -> None:
+        """The cost of resuming a stage with another ``max_seq_length``: the rest of each epoch in progress."""
+        unread = [(entry["blocks"] - entry["draws"] % entry["blocks"]) for entry in state["sources"].values() if entry["draws"] % entry["blocks"]]
+        old, new = state["block_size"], self.cursor.stage.block_size
+        logger.warning(
+            "train.max_seq_length changed since the checkpoint (%d -> %d): blocks of the new length cannot continue the "
+            "old epochs, so %d source(s) in mid-epoch start their next epoch now and %s blocks of %d tokens left in those "
+            "epochs are not read in this pass. Resume with max_seq_length %d to keep them, or make the change a data "
+            "stage with seq_len.", old - 1, new - 1, len(unread), f"{sum(unread):,}", old, old - 1,
+        )
 
 
 def mixture_loader(
@@ -277,18 +305,21 @@ def staged_loader(
     shuffle: bool,
     num_workers: int,
     max_epochs_per_source: int | None = None,
+    on_data_change: str = "error",
 ) -> MixtureLoader:
     """The training loader for a schedule of stages (starts in samples per rank)."""
     rank, world_size = distributed_rank_world()
     stream = MixtureStream(shards, stages, batch_size, shuffle, rank, world_size)
-    return MixtureLoader(stream, num_workers, max_epochs_per_source)
+    return MixtureLoader(stream, num_workers, max_epochs_per_source, on_data_change)
 
 
 def validation_loader(shards: Sequence[Shard], weights: Mapping[str, float], block_size: int, batch_size: int, seed: int, num_workers: int) -> StreamingDataLoader:
     """The validation mixture: unshuffled shards sampled with their weights, the same blocks every time."""
     chosen = [shard for shard in shards if weights.get(shard.id, 0) > 0]
     datasets = [
-        StreamingDataset(input_dir=shard.path, item_loader=TokensLoader(block_size=block_size), shuffle=False, drop_last=True, seed=seed)
+        StreamingDataset(
+            input_dir=shard.path, item_loader=TokensLoader(block_size=block_size), shuffle=False, drop_last=True, seed=seed % 2**32
+        )
         for shard in chosen
     ]
     combined = CombinedStreamingDataset(datasets=datasets, seed=seed, weights=[weights[shard.id] for shard in chosen], iterate_over_all=False)

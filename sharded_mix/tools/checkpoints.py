@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from sharded_mix.mixing.cursor import entry_position, saved_ordering
+from sharded_mix.mixing.state import validate_state
 from sharded_mix.mixing.transition import pin_note
 
 CHECKPOINT_FILE = "lit_model.pth"
@@ -25,6 +27,63 @@ def checkpoint_steps(out_dir: str | Path) -> dict[int, Path]:
         if match and (entry / CHECKPOINT_FILE).is_file():
             steps[int(match.group(1))] = entry
     return dict(sorted(steps.items()))
+
+
+_ZIP_LOCAL_HEADER = 30
+
+
+def checkpoint_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a complete zip-format ``torch.save`` file, or None when it is.
+
+    Reads the zip central directory only, so it is cheap for checkpoints of any size: a save that was cut
+    short has no central directory (``torch.save`` writes it last). No CRC pass; the data is not read.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty (0 bytes)"
+        with open(path, "rb") as file:
+            magic = file.read(4)
+        if not b"PK\x03\x04".startswith(magic):
+            return "not a zip-format torch checkpoint (a legacy torch.save file, or not a checkpoint at all)"
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except FileNotFoundError:
+        return "missing"
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        return "truncated (not a complete zip file)"
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    if not any(entry.filename.count("/") == 1 and entry.filename.endswith("/data.pkl") for entry in entries):
+        return "a zip file without a */data.pkl entry, so not a torch checkpoint"
+    for entry in entries:
+        end = entry.header_offset + _ZIP_LOCAL_HEADER + len(entry.orig_filename.encode()) + entry.compress_size
+        if end > size:
+            return f"truncated ({entry.filename} ends at byte {end:,}, past the end of the {size:,}-byte file)"
+    return None
+
+
+def newest_loadable_checkpoint(out_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete ``step-*/lit_model.pth`` in a LitGPT ``out_dir``, and the newer ones skipped, newest first, with why.
+
+    A missing ``out_dir`` or one without ``step-*`` directories gives ``(None, [])``.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return None, []
+    steps = sorted(
+        ((int(match.group(1)), entry) for entry in out_dir.iterdir() if (match := _STEP_DIR.match(entry.name)) and (entry.is_dir() or entry.is_symlink())),
+        reverse=True,
+    )
+    skipped = []
+    for _, directory in steps:
+        checkpoint = directory / CHECKPOINT_FILE
+        problem = checkpoint_file_problem(checkpoint)
+        if problem is None:
+            return checkpoint, skipped
+        skipped.append((checkpoint, problem))
+    return None, skipped
 
 
 @dataclass(frozen=True)
@@ -99,6 +158,10 @@ def read_data_position(path: str | Path) -> dict:
     state = checkpoint.get("train_dataloader")
     if not isinstance(state, dict) or "sources" not in state:
         raise ValueError(f"{str(checkpoint_file)!r} holds no sharded_mix data state; was it trained with sharded_mix.ShardedMixedDataset?")
+    try:
+        validate_state(state)
+    except ValueError as err:
+        raise ValueError(f"{str(checkpoint_file)!r}: {err}") from None
     return {"checkpoint": str(checkpoint_file), "iter_num": checkpoint.get("iter_num"), "step_count": checkpoint.get("step_count"), "data": state}
 
 

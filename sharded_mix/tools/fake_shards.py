@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sharded_mix.streaming.sources import HEADER_ITEM_BYTES
+from sharded_mix.shards import HEADER_ITEM_BYTES
 
 TOKEN_DTYPES = ("uint16", "int32", "uint32", "int64")
 

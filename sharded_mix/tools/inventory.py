@@ -1,4 +1,8 @@
-"""What a data directory holds: per shard its size, dtype and chunk files, totals per type, and problems found."""
+"""What a data directory holds: per shard its size, dtype and chunk files, totals per type, and problems found.
+
+Chunk files are checked with one ``stat`` each (``chunk_checks``); ``verify=True`` also reads every chunk's
+header and a few windows of its tokens (``verify``).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sharded_mix.shards import index_token_dtype, resolve_shard_types, shard_from_index
-from sharded_mix.streaming.discovery import find_shard_dirs, read_index
+from sharded_mix.shards import Shard, index_token_dtype, resolve_shard_types, shard_from_index
+from sharded_mix.streaming.chunk_checks import capped, chunk_file_problem
+from sharded_mix.streaming.discovery import SHARD_FIXES, read_index, scan_base
+from sharded_mix.tools.verify import NOT_VERIFIED, verify_chunk, verify_notes
+
+CHUNK_PROBLEMS_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,8 @@ class ShardReport:
     dtype: str | None
     bytes_on_disk: int
     problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    """What was not checked, e.g. a compressed shard under ``--verify``; not problems."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,7 @@ class Inventory:
     base: str
     shards: list[ShardReport]
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def totals_by_type(self) -> dict[str, dict[str, int]]:
         totals: dict[str, dict[str, int]] = {}
@@ -44,9 +55,12 @@ class Inventory:
     def all_problems(self) -> list[str]:
         return self.problems + [f"{shard.id}: {problem}" for shard in self.shards for problem in shard.problems]
 
+    def all_notes(self) -> list[str]:
+        return self.notes + [f"{shard.id}: {note}" for shard in self.shards for note in shard.notes]
+
     def as_dict(self) -> dict:
         return {"label": self.label, "base": self.base, "shards": [asdict(s) for s in self.shards],
-                "totals_by_type": self.totals_by_type(), "problems": self.all_problems()}
+                "totals_by_type": self.totals_by_type(), "problems": self.all_problems(), "notes": self.all_notes()}
 
 
 def _size_on_disk(path: str) -> int:
@@ -60,48 +74,65 @@ def _size_on_disk(path: str) -> int:
     return total
 
 
-def inspect_shard(shard_id: str, type_name: str, path: str) -> ShardReport:
+def chunk_problems(shard: Shard, verify: bool = False, vocab_size: int | None = None) -> list[str]:
+    """Problems of ``shard``'s chunk files (one ``stat`` each), with ``verify`` their headers and sampled tokens too."""
+    if verify and shard.plain_tokens:
+        problems = [problem for chunk in range(shard.chunks) for problem in verify_chunk(shard, chunk, vocab_size)]
+    else:
+        problems = [problem for chunk in range(shard.chunks) if (problem := chunk_file_problem(shard, chunk))]
+    return capped(problems, CHUNK_PROBLEMS_SHOWN)
+
+
+def inspect_shard(shard_id: str, type_name: str, path: str, verify: bool = False, vocab_size: int | None = None) -> ShardReport:
     """One shard's report; what cannot be read becomes a problem, not an exception."""
     size = _size_on_disk(path)
     try:
         index = read_index(path)
     except ValueError as err:
         return ShardReport(shard_id, type_name, path, None, None, None, None, size, (f"unreadable index: {err}",))
-    problems = []
-    missing = [chunk.get("filename") for chunk in index["chunks"] if not os.path.isfile(os.path.join(path, str(chunk.get("filename"))))]
-    if missing:
-        shown = ", ".join(map(str, missing[:3])) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        problems.append(f"{len(missing)} of {len(index['chunks'])} chunk files missing ({shown})")
     try:
         shard = shard_from_index(shard_id, type_name, path, index)
     except ValueError as err:
-        problems.append(str(err))
-        return ShardReport(shard_id, type_name, path, None, None, len(index["chunks"]), index_token_dtype(index), size, tuple(problems))
-    return ShardReport(shard_id, type_name, path, shard.tokens, shard.documents, shard.chunks, shard.dtype, size, tuple(problems))
+        return ShardReport(shard_id, type_name, path, None, None, len(index["chunks"]), index_token_dtype(index), size, (str(err),))
+    notes = (NOT_VERIFIED,) if verify and not shard.plain_tokens else ()
+    problems = tuple(chunk_problems(shard, verify, vocab_size))
+    return ShardReport(shard_id, type_name, path, shard.tokens, shard.documents, shard.chunks, shard.dtype, size, problems, notes)
 
 
-def inspect_base(base: str | Path, shard_types: dict[str, str] | None = None, label: str = "") -> Inventory:
+def inspect_base(
+    base: str | Path, shard_types: dict[str, str] | None = None, label: str = "", verify: bool = False, vocab_size: int | None = None
+) -> Inventory:
     base = str(base)
     if not os.path.isdir(base):
         raise ValueError(f"{base!r} is not a directory; give the base directory of your shards.")
-    found = find_shard_dirs(base, resolve_shard_types(shard_types))
-    reports = [inspect_shard(shard_id, type_name, path) for shard_id, type_name, path in found]
-    problems = [] if reports else [f"no shards found under {base}"]
+    try:
+        scan = scan_base(base, resolve_shard_types(shard_types))
+    except ValueError as err:
+        return Inventory(label or base, base, [], [str(err)])
+    reports = [inspect_shard(shard_id, type_name, path, verify, vocab_size) for shard_id, type_name, path in scan.found]
+    problems = [f"{problem} ({SHARD_FIXES})" for problem in scan.problems]
+    if not reports and not problems:
+        problems.append(f"no shards found under {base}")
     dtypes = sorted({report.dtype for report in reports if report.dtype})
     if len(dtypes) > 1:
         by_dtype = {dtype: [r.id for r in reports if r.dtype == dtype] for dtype in dtypes}
         listing = "; ".join(f"{dtype}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}" for dtype, ids in by_dtype.items())
         problems.append(f"mixed token dtypes ({listing}); shards mixed in one run need one tokenizer")
-    return Inventory(label or base, base, reports, problems)
+    return Inventory(label or base, base, reports, problems, verify_notes(vocab_size) if verify else [])
 
 
-def inspect_data_path(data_path: str | Path, shard_types: dict[str, str] | None = None) -> list[Inventory]:
-    """The base directory, or its ``train/`` and ``val/`` splits in the reference layout."""
+def inspect_data_path(
+    data_path: str | Path, shard_types: dict[str, str] | None = None, verify: bool = False, vocab_size: int | None = None
+) -> list[Inventory]:
+    """The base directory, or its ``train/`` and ``val/`` splits in the reference layout.
+
+    ``verify`` also reads every chunk's header and samples its token ids, bounded by ``vocab_size`` when given.
+    """
     data_path = str(data_path)
     splits = [name for name in ("train", "val") if os.path.isdir(os.path.join(data_path, name))]
     if "train" in splits:
-        return [inspect_base(os.path.join(data_path, name), shard_types, label=name) for name in splits]
-    return [inspect_base(data_path, shard_types)]
+        return [inspect_base(os.path.join(data_path, name), shard_types, name, verify, vocab_size) for name in splits]
+    return [inspect_base(data_path, shard_types, verify=verify, vocab_size=vocab_size)]
 
 
 def _human_bytes(count: int) -> str:
@@ -126,6 +157,10 @@ def format_inventory(inventory: Inventory) -> str:
     lines.append("-" * len(header))
     for type_name, totals in inventory.totals_by_type().items():
         lines.append(f"{'total ' + type_name:<25} {totals['tokens']:>15,} in {totals['shards']} shard(s), {_human_bytes(totals['bytes_on_disk'])}")
+    notes = inventory.all_notes()
+    if notes:
+        lines.append("notes:")
+        lines += [f"  - {note}" for note in notes]
     problems = inventory.all_problems()
     lines.append(f"problems: {len(problems)}" if problems else "problems: none")
     lines += [f"  - {problem}" for problem in problems]
