@@ -21,16 +21,18 @@ from sharded_mix.mixing.stages import DataStage, Stage, StagePlanRow, TopLevel, 
 from sharded_mix.mixing.state import DATA_CHANGE_POLICIES
 from sharded_mix.mixing.weights import MixSpec, check_type_names, mix_spec_from_fields, resolve_weights
 from sharded_mix.shards import MAIN_TYPE, Shard, resolve_shard_types
+from sharded_mix.streaming.cache import ChunkCache, default_cache_dir
 from sharded_mix.streaming.chunk_checks import capped, chunk_file_problems
 from sharded_mix.streaming.discovery import discover_shards
+from sharded_mix.streaming.storage import RemoteDir, is_url, join_url
 from sharded_mix.streaming.stream import distributed_rank_world, staged_loader, stream_stage, validation_loader
 
 logger = logging.getLogger(__name__)
 
 
 def expand_path(value: str | Path, field_name: str) -> str:
-    """``~`` and ``$VARS`` expanded, so configs can say ``$DATA_ROOT/mix`` instead of a personal path."""
-    expanded = os.path.expandvars(os.path.expanduser(str(value)))
+    """``~`` and ``$VARS`` expanded, so configs can say ``$DATA_ROOT/mix`` instead of a personal path (URLs: ``$VARS`` only)."""
+    expanded = os.path.expandvars(str(value) if is_url(str(value)) else os.path.expanduser(str(value)))
     unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
     if unset:
         raise ValueError(f"{field_name} {str(value)!r}: environment variable {unset[0]} is not set; export it or write the path out.")
@@ -94,8 +96,9 @@ class ShardedMixedDataset(DataModule):
     """
 
     data_path: str | Path = Path("data/")
-    """Base directory of the shards. If it holds ``train/`` (and ``val/``), those are used, as in the reference
-    layout. A single litdata directory works too (one source, id ``main``). ``~`` and ``$VARS`` are expanded."""
+    """Base directory of the shards, or its URL (``s3://bucket/mix``, ``gs://...``). If it holds ``train/`` (and
+    ``val/``), those are used, as in the reference layout. A single litdata directory works too (one source, id
+    ``main``). ``~`` and ``$VARS`` are expanded."""
     val_data_path: str | Path | None = None
     """Validation data: one litdata directory, or a typed base directory mixed with the training weights.
     Default: ``<data_path>/val``."""
@@ -124,6 +127,12 @@ class ShardedMixedDataset(DataModule):
     loader process: 8 bytes × shuffle_window × blocks per chunk. A change applies from each source's next epoch."""
     max_epochs_per_source: int | None = None
     """Stop with an error when a source would start more passes than this (default: no limit)."""
+    storage_options: dict | None = None
+    """For URL data paths: the object store's options (obstore's names), e.g. ``{endpoint: https://..., region: us-east-1}``;
+    ``allow_http: true`` for plain-http endpoints. Credentials may also come from the environment (``AWS_*``, ...)."""
+    cache_dir: str | None = None
+    """For URL data paths: where whole chunk files are downloaded, shared by the ranks and workers of a node (default:
+    ``$SHARDED_MIX_CACHE_DIR``, else a directory under the system temp dir). Put it on local disk."""
     exclude_shards: list[str] | None = None
     """Shard ids to leave out of discovery, e.g. ``[c2, main/3]``: the way to train without a shard directory that is
     broken or not a shard (any other directory named like a shard must be a readable shard, or setup stops)."""
@@ -226,18 +235,28 @@ class ShardedMixedDataset(DataModule):
             )
 
     def data_dirs(self) -> tuple[str, str | None]:
-        """The training base directory and the validation path (None if there is none)."""
+        """The training base directory and the validation path (None if there is none); directories or URLs."""
         data_path = expand_path(self.data_path, "data_path")
         if self.val_data_path is not None:
             return data_path, expand_path(self.val_data_path, "val_data_path")
+        if is_url(data_path):
+            data_path = data_path.rstrip("/")
+            subdirs = set(RemoteDir(data_path, self.storage_options).list_dir()[0])
+            if "train" in subdirs:
+                return join_url(data_path, "train"), join_url(data_path, "val") if "val" in subdirs else None
+            return data_path, None
         reference_train, reference_val = os.path.join(data_path, "train"), os.path.join(data_path, "val")
         if os.path.isdir(reference_train):
             return reference_train, reference_val if os.path.isdir(reference_val) else None
         return data_path, None
 
+    def chunk_cache(self) -> ChunkCache:
+        """The node's cache of remote chunk files (unused when every shard is local)."""
+        return ChunkCache(self.cache_dir or default_cache_dir(), self.storage_options)
+
     def _mixture(self, base: str, field_name: str) -> Mixture:
-        shards = discover_shards(base, self.shard_types, field=field_name, exclude=self.exclude_shards or ())
-        if len(shards) == 1 and shards[0].path == base:
+        shards = discover_shards(base, self.shard_types, field=field_name, exclude=self.exclude_shards or (), storage_options=self.storage_options)
+        if len(shards) == 1 and shards[0].path == base.rstrip("/"):
             if field_name == "data_path":
                 self._check_single_directory_blend(base)
             weights = {shards[0].id: 1.0}  # a plain litdata directory, not a typed base
@@ -350,10 +369,13 @@ class ShardedMixedDataset(DataModule):
             for stage, weights, start in zip(self.schedule, self.stage_weights, starts)
         ]
         return staged_loader(
-            mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source, self.on_data_change
+            mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source, self.on_data_change,
+            self.chunk_cache(),
         )
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()
         mixture = self.val_mixture
-        return validation_loader(mixture.shards, mixture.weights, self.seq_length, self.batch_size, self.seed, self.num_workers)
+        return validation_loader(
+            mixture.shards, mixture.weights, self.seq_length, self.batch_size, self.seed, self.num_workers, self.chunk_cache()
+        )

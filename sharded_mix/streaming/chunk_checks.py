@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
 
 import numpy as np
 
 from sharded_mix.shards import Shard, chunk_header_bytes, is_plain_file_name
+from sharded_mix.streaming.storage import is_url, join_url
 
 CHUNK_FIXES = "restore the file, or re-run `sharded-mix prepare` for this shard"
 
@@ -65,10 +67,30 @@ def size_mismatch_cause(shard: Shard, chunk: int, size: int) -> str:
 def chunk_file_problems(shard: Shard, limit: int | None = 20) -> list[str]:
     """Every problem of ``shard``'s chunk files, each naming the shard and the file; O(chunks), no reads.
 
-    Past ``limit`` problems the rest are counted in one last entry (``None``: list them all).
+    Past ``limit`` problems the rest are counted in one last entry (``None``: list them all). A remote
+    shard's chunks were checked against its listing at discovery (``listed_chunk_problems``).
     """
+    if is_url(shard.path):
+        return []
     problems = [problem for chunk in range(shard.chunks) if (problem := chunk_file_problem(shard, chunk))]
     return [f"shard {shard.id!r}: {problem}" for problem in capped(problems, limit)]
+
+
+def listed_chunk_problems(shard: Shard, sizes: Mapping[str, int]) -> list[str]:
+    """What is wrong with a remote shard's chunk objects, given the sizes its listing reports (name -> bytes)."""
+    problems = []
+    for chunk, name in enumerate(shard.chunk_files):
+        url = join_url(shard.path, name)
+        if name not in sizes:
+            problems.append(f"chunk object {url!r} is missing; upload it again, or re-run `sharded-mix prepare` for this shard")
+            continue
+        expected = shard.chunk_bytes(chunk)
+        if expected is not None and sizes[name] != expected:
+            problems.append(
+                f"chunk object {url!r} holds {sizes[name]:,} bytes, expected {expected:,}: "
+                f"{size_mismatch_cause(shard, chunk, sizes[name])}; upload it again"
+            )
+    return problems
 
 
 def capped(problems: list[str], limit: int | None, what: str = "chunk files") -> list[str]:

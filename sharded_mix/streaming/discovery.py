@@ -1,4 +1,4 @@
-"""Find typed litdata token shards under a base directory: one listing plus one ``index.json`` read per shard.
+"""Find typed litdata token shards under a base directory or URL: one listing plus one ``index.json`` read per shard.
 
 The naming rules and the ``Shard`` record are ``shards.py`` (pure); this module is the I/O. A
 directory entry named like a shard (``c2``, ``main/3``, ``7``) must be a readable directory with a
@@ -16,10 +16,13 @@ import logging
 import os
 import re
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sharded_mix.shards import INDEX_FILE, MAIN_TYPE, Shard, classify_shard_name, describe_layout, resolve_shard_types, shard_from_index
+from sharded_mix.streaming.chunk_checks import capped, listed_chunk_problems
+from sharded_mix.streaming.storage import RemoteDir, is_url, join_url
 
 
 logger = logging.getLogger(__name__)
@@ -40,8 +43,7 @@ def content_fingerprint(path: str | Path, index_content: bytes, chunk_files: Seq
     costs a few small reads whatever the shard's size. A chunk that cannot be read adds its error (set-up
     reports it)."""
     digest = hashlib.sha256(index_content)
-    picks = sorted({0, len(chunk_files) // 2, len(chunk_files) - 1}) if chunk_files else []
-    for chunk in picks:
+    for chunk in _fingerprint_chunks(len(chunk_files)):
         try:
             with open(os.path.join(path, chunk_files[chunk]), "rb") as f:
                 digest.update(f.read(FINGERPRINT_SAMPLE_BYTES))
@@ -54,19 +56,25 @@ def content_fingerprint(path: str | Path, index_content: bytes, chunk_files: Seq
 
 
 def _load_index(path: str | Path) -> tuple[dict, bytes]:
-    index_path = Path(path) / INDEX_FILE
     try:
-        content = index_path.read_bytes()
+        content = (Path(path) / INDEX_FILE).read_bytes()
+    except OSError as err:
+        raise ValueError(f"shard {str(path)!r}: cannot read {INDEX_FILE} ({err.strerror}); re-run `sharded-mix prepare`.") from err
+    return parse_index(content, str(path)), content
+
+
+def parse_index(content: bytes, path: str) -> dict:
+    """A shard's ``index.json`` from its bytes; ``ValueError`` naming ``path`` if it is not litdata's format."""
+    try:
         index = json.loads(content)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ValueError(f"shard {str(path)!r}: cannot read {INDEX_FILE} ({reason}); re-run `sharded-mix prepare`.") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"shard {path!r}: cannot read {INDEX_FILE} ({err}); re-run `sharded-mix prepare`.") from err
     if not isinstance(index, dict) or not isinstance(index.get("chunks"), list) or not isinstance(index.get("config"), dict):
         raise ValueError(
-            f"shard {str(path)!r}: {index_path} is not a litdata index (a JSON object with 'chunks' and 'config'); "
+            f"shard {path!r}: its {INDEX_FILE} is not a litdata index (a JSON object with 'chunks' and 'config'); "
             "re-run `sharded-mix prepare`."
         )
-    return index, content
+    return index
 
 
 def read_index(path: str | Path) -> dict:
@@ -78,11 +86,76 @@ def read_index(path: str | Path) -> dict:
 class BaseScan:
     """What a listing of a base directory found: shard dirs ``(id, type, path)`` and entries that cannot be shards."""
 
+    base: str
     found: list[tuple[str, str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    """``"<path>: <what is wrong>"`` for each entry named like a shard that is not a readable shard directory."""
+    """``"<id> (<path>): <what is wrong>"`` for each entry named like a shard that is not a readable shard directory."""
     unknown: list[str] = field(default_factory=list)
     """litdata directories with no known type prefix (logged, not used)."""
+    seen: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def add(self, shard_id: str, type_name: str, path: str, problem: str | None = None) -> None:
+        if shard_id in self.seen:
+            raise ValueError(
+                f"data_path {self.base!r}: shard {shard_id!r} exists both as {self.seen[shard_id]!r} and {path!r}; keep one of them."
+            )
+        self.seen[shard_id] = path
+        if problem:
+            self.problems.append(f"{shard_id} ({path}): {problem}")
+        else:
+            self.found.append((shard_id, type_name, path))
+
+    def finish(self, base_has_index: bool) -> BaseScan:
+        """A base holding ``index.json`` is one litdata directory, the source ``main``, unless it also holds shards."""
+        if base_has_index:
+            if self.seen:
+                raise ValueError(
+                    f"data_path {self.base!r} holds an {INDEX_FILE} of its own and shard directories "
+                    f"({', '.join(sorted(self.seen, key=_natural_key)[:5])}); a base is either one litdata directory or a "
+                    f"directory of shards: move the stray {INDEX_FILE} away, or point data_path at one of them."
+                )
+            self.found = [(MAIN_TYPE, MAIN_TYPE, self.base)]
+        self.found.sort(key=lambda item: _natural_key(item[0]))
+        return self
+
+
+REMOTE_LOADS = 16
+"""Shards whose listing and ``index.json`` are fetched at once."""
+
+
+def _try(load, *args) -> Shard | str:
+    try:
+        return load(*args)
+    except ValueError as err:
+        return str(err)
+
+
+def _load_local_shard(shard_id: str, type_name: str, path: str) -> Shard:
+    index, content = _load_index(path)
+    shard = shard_from_index(shard_id, type_name, path, index)
+    return replace(shard, fingerprint=content_fingerprint(path, content, shard.chunk_files))
+
+
+def _load_remote_shard(shard_id: str, type_name: str, url: str, storage_options: Mapping | None) -> Shard:
+    """One listing and one ``index.json`` read; chunk objects must be listed with their indexed sizes."""
+    directory = RemoteDir(url, storage_options)
+    _, objects = directory.list_dir()
+    if INDEX_FILE not in objects:
+        raise ValueError(f"has no {INDEX_FILE} (an interrupted upload or `sharded-mix prepare`?)")
+    content = directory.read_bytes(INDEX_FILE)
+    shard = shard_from_index(shard_id, type_name, url, parse_index(content, url))
+    problems = listed_chunk_problems(shard, {name: info.size for name, info in objects.items()})
+    if problems:
+        raise ValueError("; ".join(capped(problems, 5)))
+    digest = hashlib.sha256(content)
+    for chunk in _fingerprint_chunks(shard.chunks):
+        digest.update((objects[shard.chunk_files[chunk]].etag or "").encode())
+    return replace(shard, fingerprint=digest.hexdigest()[:16])
+
+
+def _fingerprint_chunks(chunks: int) -> list[int]:
+    """The chunks whose bytes (local) or ETags (remote) join ``index.json`` in a shard's fingerprint."""
+    return sorted({0, chunks // 2, chunks - 1}) if chunks else []
 
 
 def _entry_problem(path: str) -> str | None:
@@ -116,8 +189,7 @@ def _entries(path: str) -> list[str]:
 def scan_base(base: str | Path, shard_types: Mapping[str, str]) -> BaseScan:
     """List the shards under ``base`` (or ``base`` itself, a single litdata directory), sorted by id."""
     base = str(base)
-    scan = BaseScan()
-    seen: dict[str, str] = {}
+    scan = BaseScan(base)
 
     def consider(name: str, path: str, under_main: bool) -> None:
         classified = classify_shard_name(name, shard_types, under_main=under_main)
@@ -125,15 +197,7 @@ def scan_base(base: str | Path, shard_types: Mapping[str, str]) -> BaseScan:
             if not under_main and os.path.isfile(os.path.join(path, INDEX_FILE)):
                 scan.unknown.append(name)
             return
-        shard_id, type_name = classified
-        if shard_id in seen:
-            raise ValueError(f"data_path {base!r}: shard {shard_id!r} exists both as {seen[shard_id]!r} and {path!r}; keep one of them.")
-        seen[shard_id] = path
-        problem = _entry_problem(path)
-        if problem:
-            scan.problems.append(f"{shard_id} ({path}): {problem}")
-        else:
-            scan.found.append((shard_id, type_name, path))
+        scan.add(*classified, path, _entry_problem(path))
 
     for name in _entries(base):
         path = os.path.join(base, name)
@@ -142,16 +206,26 @@ def scan_base(base: str | Path, shard_types: Mapping[str, str]) -> BaseScan:
                 consider(sub, os.path.join(path, sub), under_main=True)
         else:
             consider(name, path, under_main=False)
-    if os.path.isfile(os.path.join(base, INDEX_FILE)):
-        if seen:
-            raise ValueError(
-                f"data_path {base!r} holds an {INDEX_FILE} of its own and shard directories ({', '.join(sorted(seen, key=_natural_key)[:5])}); "
-                f"a base is either one litdata directory or a directory of shards: move the stray {INDEX_FILE} away, or "
-                "point data_path at one of them."
-            )
-        scan.found = [(MAIN_TYPE, MAIN_TYPE, base)]
-    scan.found.sort(key=lambda item: _natural_key(item[0]))
-    return scan
+    return scan.finish(os.path.isfile(os.path.join(base, INDEX_FILE)))
+
+
+def scan_remote_base(base: str, shard_types: Mapping[str, str], storage_options: Mapping | None = None) -> BaseScan:
+    """``scan_base`` for a URL: one listing of the base (and of ``main/``); each shard's index is checked when loaded."""
+    base = base.rstrip("/")
+    scan = BaseScan(base)
+    directory = RemoteDir(base, storage_options)
+    subdirs, objects = directory.list_dir()
+    for name in sorted(subdirs):
+        if name == MAIN_TYPE:
+            for sub in sorted(directory.list_dir(MAIN_TYPE)[0]):
+                classified = classify_shard_name(sub, shard_types, under_main=True)
+                if classified:
+                    scan.add(*classified, join_url(base, MAIN_TYPE, sub))
+        else:
+            classified = classify_shard_name(name, shard_types)
+            if classified:
+                scan.add(*classified, join_url(base, name))
+    return scan.finish(INDEX_FILE in objects)
 
 
 def discover_shards(
@@ -159,18 +233,30 @@ def discover_shards(
     shard_types: Mapping[str, str] | None = None,
     field: str = "data_path",
     exclude: Collection[str] = (),
+    storage_options: Mapping | None = None,
 ) -> list[Shard]:
-    """Every shard under ``base`` with its chunks read from ``index.json``; ids in ``exclude`` are skipped.
+    """Every shard under ``base`` (a directory or a URL) with its chunks read from ``index.json``; ids in
+    ``exclude`` are skipped.
 
     Entries named like shards that are not readable shard directories are one ``ValueError`` listing
-    them all; a healthy shard is never left out silently.
+    them all; a healthy shard is never left out silently. Remote shards are loaded in parallel, and
+    their chunk objects checked against the listing (sizes; ETags go into the fingerprint).
     """
     types = resolve_shard_types(shard_types)
     if not base or not str(base).strip():
         raise ValueError(f"{field} is empty; set it to the directory holding your shards, e.g. {field}: data/mix.")
-    if not os.path.isdir(base):
+    remote = is_url(base)
+    if remote:
+        scan = scan_remote_base(str(base), types, storage_options)
+        if not scan.found and not scan.problems:
+            raise ValueError(
+                f"{field} {str(base)!r}: nothing found there (no shard directories and no {INDEX_FILE}); check the URL, "
+                "or upload your shards."
+            )
+    elif not os.path.isdir(base):
         raise ValueError(f"{field} {str(base)!r} does not exist or is not a directory; point it at your shards' base directory.")
-    scan = scan_base(base, types)
+    else:
+        scan = scan_base(base, types)
     if scan.unknown:
         logger.warning(
             "Ignoring litdata directories with no known type prefix under %s: %s (add them with shard_types, "
@@ -179,16 +265,18 @@ def discover_shards(
             ", ".join(scan.unknown),
         )
     problems = [problem for problem in scan.problems if problem.split(" ", 1)[0] not in exclude]
+    wanted = [entry for entry in scan.found if entry[0] not in exclude]
+    if remote:
+        with ThreadPoolExecutor(max_workers=REMOTE_LOADS) as pool:
+            loaded = list(pool.map(lambda entry: _try(_load_remote_shard, *entry, storage_options), wanted))
+    else:
+        loaded = [_try(_load_local_shard, *entry) for entry in wanted]
     shards = []
-    for shard_id, type_name, path in scan.found:
-        if shard_id in exclude:
-            continue
-        try:
-            index, content = _load_index(path)
-            shard = shard_from_index(shard_id, type_name, path, index)
-            shards.append(replace(shard, fingerprint=content_fingerprint(path, content, shard.chunk_files)))
-        except ValueError as err:
-            problems.append(f"{shard_id} ({path}): {err}")
+    for (shard_id, _, path), result in zip(wanted, loaded):
+        if isinstance(result, Shard):
+            shards.append(result)
+        else:
+            problems.append(f"{shard_id} ({path}): {result}")
     if problems:
         listing = "\n  ".join(problems)
         raise ValueError(

@@ -27,37 +27,46 @@ import numpy as np
 from sharded_mix.mixing.orders import EpochOrder, Ordering, chunk_block_starts, epoch_order
 from sharded_mix.mixing.transition import Pin
 from sharded_mix.shards import Shard, chunk_header_bytes
+from sharded_mix.streaming.cache import ChunkCache
 from sharded_mix.streaming.chunk_checks import chunk_file_problem
+from sharded_mix.streaming.storage import is_url
 
 logger = logging.getLogger(__name__)
 
-def map_chunk(shard: Shard, chunk: int, dtype: np.dtype) -> np.memmap:
-    """A read-only map of the tokens of a plain token shard's chunk ``chunk``.
+def map_chunk(shard: Shard, chunk: int, dtype: np.dtype, cache: ChunkCache | None = None) -> np.memmap:
+    """A read-only map of the tokens of a plain token shard's chunk ``chunk``; a remote shard's chunk is
+    downloaded into ``cache`` first (once per node).
 
     The file is checked against its ``index.json`` entry first (``chunk_checks``), so a chunk missing,
     unreadable, truncated or rewritten since set-up is an error naming it, never garbage tokens or a hang.
     """
-    problem = chunk_file_problem(shard, chunk)
-    if problem:
-        raise ValueError(f"shard {shard.id!r}: {problem}")
+    if is_url(shard.path):
+        if cache is None:
+            raise TypeError(f"shard {shard.id!r} is remote ({shard.path}); its reader needs a ChunkCache")
+        filename = cache.chunk_file(shard, chunk)
+    else:
+        problem = chunk_file_problem(shard, chunk)
+        if problem:
+            raise ValueError(f"shard {shard.id!r}: {problem}")
+        filename = os.path.join(shard.path, shard.chunk_files[chunk])
     header = chunk_header_bytes(shard.chunk_items[chunk])
-    filename = os.path.join(shard.path, shard.chunk_files[chunk])
     return np.memmap(filename, dtype=dtype, mode="r", offset=header, shape=(shard.chunk_tokens[chunk],))
 
 
 class ChunkMaps:
     """Open chunk maps of every source of a process, at most ``max_open`` at once (least recently used closes)."""
 
-    def __init__(self, dtype: np.dtype, max_open: int = 64) -> None:
+    def __init__(self, dtype: np.dtype, max_open: int = 64, cache: ChunkCache | None = None) -> None:
         self.dtype = dtype
         self.max_open = max_open
+        self.cache = cache  # for remote shards
         self._maps: OrderedDict[tuple[str, int], np.memmap] = OrderedDict()
 
     def get(self, shard: Shard, chunk: int) -> np.memmap:
         key = (shard.path, chunk)
         tokens_map = self._maps.get(key)
         if tokens_map is None:
-            tokens_map = map_chunk(shard, chunk, self.dtype)
+            tokens_map = map_chunk(shard, chunk, self.dtype, self.cache)
             self._maps[key] = tokens_map
             if len(self._maps) > self.max_open:
                 self._maps.popitem(last=False)
@@ -111,5 +120,6 @@ class SourceReader:
             from litdata.streaming import StreamingDataset, TokensLoader
 
             logger.debug("shard %s is read through litdata (not a plain token shard)", self.shard.id)
-            self._dataset = StreamingDataset(self.shard.path, item_loader=TokensLoader(block_size=self.block_size))
+            local = self.maps.cache.mirror(self.shard) if is_url(self.shard.path) else self.shard.path
+            self._dataset = StreamingDataset(local, item_loader=TokensLoader(block_size=self.block_size))
         return self._dataset

@@ -34,7 +34,9 @@ from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW
 from sharded_mix.mixing.state import STATE_VERSION, apply_data_change, data_changes, fingerprint, samples_on, validate_state, with_full_seeds
 from sharded_mix.mixing.transition import format_transition
 from sharded_mix.shards import Shard
+from sharded_mix.streaming.cache import ChunkCache
 from sharded_mix.streaming.sources import ChunkMaps, SourceReader
+from sharded_mix.streaming.storage import is_url
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class MixtureStream(IterableDataset):
         shuffle: bool,
         rank: int = 0,
         world_size: int = 1,
+        cache: ChunkCache | None = None,
     ) -> None:
         used = {source for stage in stages for source in stage.weights}
         self.shards = {shard.id: shard for shard in shards if shard.id in used}
@@ -84,6 +87,7 @@ class MixtureStream(IterableDataset):
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
+        self.cache = cache
         late = [stage.name for stage in self.stages if stage.start % batch_size]
         if late:
             raise ValueError(f"stage(s) {late} start inside a batch of {batch_size} samples; stages start on batch boundaries.")
@@ -102,7 +106,7 @@ class MixtureStream(IterableDataset):
         """
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        cursor, maps = self.cursor, ChunkMaps(self.dtype, self._max_open_maps())
+        cursor, maps = self.cursor, ChunkMaps(self.dtype, self._max_open_maps(), self.cache)
         readers = self._readers(cursor, maps)
         offset = self.rank - self.world_size  # this rank's draw is the global count before the sample, plus its rank
         batch = 0
@@ -147,7 +151,10 @@ class MixtureLoader(DataLoader):
     def __init__(
         self, dataset: MixtureStream, num_workers: int, max_epochs_per_source: int | None = None, on_data_change: str = "error"
     ) -> None:
-        super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+        remote = any(is_url(shard.path) for shard in dataset.shards.values())
+        # obstore's runtime does not survive fork() once the main process has used it (discovery did)
+        context = "forkserver" if remote and num_workers > 0 else None
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is, multiprocessing_context=context)
         self._pin = torch.cuda.is_available()
         self.max_epochs_per_source = max_epochs_per_source
         self.on_data_change = on_data_change
@@ -306,19 +313,30 @@ def staged_loader(
     num_workers: int,
     max_epochs_per_source: int | None = None,
     on_data_change: str = "error",
+    cache: ChunkCache | None = None,
 ) -> MixtureLoader:
-    """The training loader for a schedule of stages (starts in samples per rank)."""
+    """The training loader for a schedule of stages (starts in samples per rank); remote shards are read through ``cache``."""
     rank, world_size = distributed_rank_world()
-    stream = MixtureStream(shards, stages, batch_size, shuffle, rank, world_size)
+    stream = MixtureStream(shards, stages, batch_size, shuffle, rank, world_size, cache)
     return MixtureLoader(stream, num_workers, max_epochs_per_source, on_data_change)
 
 
-def validation_loader(shards: Sequence[Shard], weights: Mapping[str, float], block_size: int, batch_size: int, seed: int, num_workers: int) -> StreamingDataLoader:
-    """The validation mixture: unshuffled shards sampled with their weights, the same blocks every time."""
+def validation_loader(
+    shards: Sequence[Shard],
+    weights: Mapping[str, float],
+    block_size: int,
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+    cache: ChunkCache | None = None,
+) -> StreamingDataLoader:
+    """The validation mixture: unshuffled shards sampled with their weights, the same blocks every time.
+
+    A remote validation shard is copied whole into ``cache`` first (litdata reads it there)."""
     chosen = [shard for shard in shards if weights.get(shard.id, 0) > 0]
     datasets = [
         StreamingDataset(
-            input_dir=shard.path, item_loader=TokensLoader(block_size=block_size), shuffle=False, drop_last=True, seed=seed % 2**32
+            input_dir=cache.mirror(shard) if is_url(shard.path) else shard.path, item_loader=TokensLoader(block_size=block_size), shuffle=False, drop_last=True, seed=seed % 2**32
         )
         for shard in chosen
     ]

@@ -1,0 +1,126 @@
+"""A node-local cache of remote shards' chunk files, so they are read through the same memory maps as local shards.
+
+Each chunk is downloaded whole, once per node: the processes of a node (ranks × DataLoader workers) share the cache
+directory, an exclusive ``flock`` on ``<chunk file>.lock`` serializes check-then-download, and downloads are atomic
+(``RemoteDir.download``). A cached file whose size differs from what the shard's ``index.json`` implies is fetched
+again. Shards live in ``<cache_dir>/<16 hex of sha256(shard URL, fingerprint)>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sharded_mix.streaming.storage import RemoteDir
+
+if TYPE_CHECKING:
+    from sharded_mix.shards import Shard
+
+CACHE_DIR_VARIABLE = "SHARDED_MIX_CACHE_DIR"
+INDEX_FILE = "index.json"
+
+
+def default_cache_dir() -> Path:
+    """``$SHARDED_MIX_CACHE_DIR`` if set, else ``<temp dir>/sharded_mix_cache_<uid>``."""
+    configured = os.environ.get(CACHE_DIR_VARIABLE)
+    if configured:
+        return Path(configured).expanduser()
+    return Path(tempfile.gettempdir()) / f"sharded_mix_cache_{os.getuid()}"
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _size_or_none(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+class ChunkCache:
+    """Whole chunk files of remote shards, downloaded once per node into a local directory."""
+
+    def __init__(self, cache_dir: str | Path, storage_options: Mapping[str, object] | None = None) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.storage_options = dict(storage_options or {})
+        self.downloaded_bytes = 0
+        self.downloads = 0
+        self._dirs: dict[str, RemoteDir] = {}
+
+    def __repr__(self) -> str:
+        return f"ChunkCache({str(self.cache_dir)!r})"
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_dirs": {}}
+
+    def shard_dir(self, shard: Shard) -> Path:
+        """Where ``shard``'s files are cached: named by its URL and fingerprint, so a shard rewritten under the same
+        URL is never read from an older copy."""
+        key = f"{shard.path.rstrip('/')}\n{shard.fingerprint}"
+        return self.cache_dir / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def remote_dir(self, shard_url: str) -> RemoteDir:
+        """The shard's ``RemoteDir`` (one per URL in this instance)."""
+        if shard_url not in self._dirs:
+            self._dirs[shard_url] = RemoteDir(shard_url, self.storage_options)
+        return self._dirs[shard_url]
+
+    def chunk_file(self, shard: Shard, chunk: int) -> str:
+        """The local path of chunk ``chunk`` of ``shard`` (whose ``path`` is its URL), downloaded first if needed."""
+        name = shard.chunk_files[chunk]
+        local = self.shard_dir(shard) / name
+        expected = shard.chunk_bytes(chunk)
+        found = _size_or_none(local)
+        if found is not None and (expected is None or found == expected):
+            return str(local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(local.with_name(local.name + ".lock")):
+            found = _size_or_none(local)  # another process may have fetched it meanwhile
+            if found is None or (expected is not None and found != expected):
+                self._download(shard.path, name, local, expected)
+        return str(local)
+
+    def _download(self, shard_url: str, name: str, local: Path, expected: int | None) -> None:
+        written = self.remote_dir(shard_url).download(name, local)
+        self.downloads += 1
+        self.downloaded_bytes += written
+        if expected is not None and written != expected:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(local)
+            url = self.remote_dir(shard_url).url_of(name)
+            raise ValueError(
+                f"chunk {url!r} has {written:,} bytes but the shard's {INDEX_FILE} implies {expected:,}; the shard is "
+                "damaged or was rewritten after its index was read: re-upload it (or exclude it) and restart."
+            )
+
+    def mirror(self, shard: Shard) -> str:
+        """``shard_dir(shard)`` made a complete local copy (every chunk, then ``index.json``), for litdata."""
+        for chunk in range(shard.chunks):
+            self.chunk_file(shard, chunk)
+        directory = self.shard_dir(shard)
+        directory.mkdir(parents=True, exist_ok=True)
+        content = self.remote_dir(shard.path).read_bytes(INDEX_FILE)
+        temporary = directory / f".{INDEX_FILE}.{os.getpid()}-{secrets.token_hex(4)}.part"
+        try:
+            temporary.write_bytes(content)
+            os.replace(temporary, directory / INDEX_FILE)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        return str(directory)

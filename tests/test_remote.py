@@ -1,0 +1,118 @@
+"""Shards on object storage (s3:// against moto on 127.0.0.1): discovery, batches, resume and validation equal the local ones."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import s3_server
+from conftest import BLOCK, block_ids, take, write_source
+from sharded_mix import ShardedMixedDataset
+from sharded_mix.streaming.discovery import discover_shards
+
+BLEND = "main:0.6,code:0.3,math:0.1"
+s3 = s3_server.s3  # the fixture
+
+
+@pytest.fixture
+def shards(tmp_path: Path, s3) -> tuple[Path, str]:
+    """The same four shards on local disk and under ``s3://<bucket>/mix``."""
+    base = tmp_path / "data"
+    for number, (name, tokens) in enumerate([("main/1", 2000), ("c1", 800), ("c2", 800), ("m1", 800)], start=1):
+        write_source(base, name, number, tokens, doc_tokens=BLOCK)
+    url = f"s3://{s3.new_bucket()}/mix"
+    s3.upload(base, url)
+    return base, url
+
+
+def data_module(data_path, val_data_path, batch_size=4, **fields) -> ShardedMixedDataset:
+    fields = {"mix_weights_str": BLEND, "num_workers": 0, **fields}
+    data = ShardedMixedDataset(data_path=data_path, val_data_path=val_data_path, **fields)
+    data.connect(batch_size=batch_size, max_seq_length=BLOCK - 1)
+    data.setup()
+    return data
+
+
+def remote(url: str, s3, cache_dir: Path, **fields) -> ShardedMixedDataset:
+    return data_module(url, f"{url}/main/1", storage_options=s3.options, cache_dir=str(cache_dir), **fields)
+
+
+def test_remote_discovery_finds_what_local_discovery_finds(shards, s3):
+    base, url = shards
+    local = discover_shards(base)
+    found = discover_shards(url, storage_options=s3.options)
+    assert [(s.id, s.type, s.tokens, s.chunk_tokens, s.chunk_files) for s in found] == [
+        (s.id, s.type, s.tokens, s.chunk_tokens, s.chunk_files) for s in local
+    ]
+    assert [s.path for s in found] == [f"{url}/c1", f"{url}/c2", f"{url}/m1", f"{url}/main/1"]
+    assert all(len(s.fingerprint) == 16 for s in found)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_remote_batches_equal_local_batches(shards, s3, tmp_path, workers):
+    base, url = shards
+    local = take(data_module(base, base / "main" / "1", num_workers=workers).train_dataloader(), 12)
+    far = take(remote(url, s3, tmp_path / "cache", num_workers=workers).train_dataloader(), 12)
+    assert block_ids(far) == block_ids(local)
+
+
+def test_resume_from_a_wiped_cache_continues_exactly(shards, s3, tmp_path):
+    _, url = shards
+    cache = tmp_path / "cache"
+    never_stopped = block_ids(take(remote(url, s3, cache).train_dataloader(), 10))
+    first = remote(url, s3, cache).train_dataloader()
+    head = block_ids(take(first, 4))
+    state = first.state_dict()
+    shutil.rmtree(cache)
+    resumed = remote(url, s3, cache).train_dataloader()
+    resumed.load_state_dict(state)
+    assert head + block_ids(take(resumed, 6)) == never_stopped
+
+
+def test_validation_reads_remote_shards(shards, s3, tmp_path):
+    base, url = shards
+    local = take(data_module(base, base / "main" / "1").val_dataloader(), 3)
+    far = take(remote(url, s3, tmp_path / "cache").val_dataloader(), 3)
+    assert block_ids(far) == block_ids(local)
+
+
+def test_a_missing_chunk_object_is_an_error_naming_its_url(shards, s3, tmp_path):
+    _, url = shards
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    s3.client.delete_object(Bucket=bucket, Key=f"{prefix}/c1/chunk-0-0.bin")
+    with pytest.raises(ValueError, match=rf"(?s)c1 \({url}/c1\): chunk object '{url}/c1/chunk-0-0.bin' is missing"):
+        remote(url, s3, tmp_path / "cache")
+
+
+def test_a_remote_shard_without_index_is_an_error_unless_excluded(shards, s3, tmp_path):
+    _, url = shards
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    s3.client.delete_object(Bucket=bucket, Key=f"{prefix}/c2/index.json")
+    with pytest.raises(ValueError, match=rf"(?s)c2 \({url}/c2\): has no index.json.*exclude_shards"):
+        remote(url, s3, tmp_path / "cache")
+    assert [s.id for s in remote(url, s3, tmp_path / "cache", exclude_shards=["c2"]).train_mixture.shards] == ["c1", "m1", "main/1"]
+
+
+def test_a_url_that_holds_nothing_is_an_error(s3):
+    url = f"s3://{s3.new_bucket()}/nothing-here"
+    with pytest.raises(ValueError, match=rf"data_path '{url}': nothing found there"):
+        discover_shards(url, storage_options=s3.options)
+
+
+@pytest.mark.e2e
+def test_litgpt_pretrain_on_s3_shards_gives_the_losses_of_local_shards(tmp_path, s3):
+    from litgpt_runs import pretrain_config, run_pretrain, train_losses, write_shards
+
+    write_shards(tmp_path / "data")
+    url = f"s3://{s3.new_bucket()}/run"
+    s3.upload(tmp_path / "data", url)
+    blend = {"literal_weights_str": "main/1:0.5,c1:0.3,m1:0.2"}
+    (tmp_path / "local").mkdir()
+    (tmp_path / "far").mkdir()
+    run_pretrain(pretrain_config(tmp_path / "local", {"data_path": str(tmp_path / "data"), **blend}), cwd=tmp_path)
+    far_init = {"data_path": url, "storage_options": s3.options, "cache_dir": str(tmp_path / "cache"), **blend}
+    output = run_pretrain(pretrain_config(tmp_path / "far", far_init), cwd=tmp_path)
+    assert f"train {url}/train" in output and (tmp_path / "far" / "out" / "final" / "lit_model.pth").is_file()
+    assert train_losses(tmp_path / "far" / "out") == train_losses(tmp_path / "local" / "out")
