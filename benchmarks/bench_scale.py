@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from common import child_pids, data_root, log, machine_info, machine_lines, peak_rss_mib, verdict  # noqa: E402
+from common import child_pids, data_root, log, machine_info, machine_lines, peak_rss_mib, time_batches, verdict  # noqa: E402
 from sharded_mix import ShardedMixedDataset  # noqa: E402  (imported before any timing)
 from sharded_mix.mixing.orders import Ordering, WindowedOrder  # noqa: E402
 from sharded_mix.tools.fake_shards import write_sparse_token_shard  # noqa: E402
@@ -104,14 +104,7 @@ def measure_fresh(base: Path, workers: int, batches: int) -> dict:
     data = data_module(base, workers)
     loader = data.train_dataloader()
     setup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    iterator = iter(loader)
-    next(iterator)
-    first_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    steady_s = time.perf_counter() - start
+    iterator, first_s, steady_s = time_batches(loader, batches)
     workers_rss = [peak_rss_mib(pid) for pid in child_pids()]
     main_rss = peak_rss_mib()
     del iterator

@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,19 @@ def machine_lines(machine: dict) -> list[str]:
         f"python {machine['python']}, torch {machine['torch']}, litdata {machine['litdata']}, numpy {machine['numpy']}; "
         f"load average at start {machine['loadavg_start'][0]:.2f}, at end {machine.get('loadavg_end', (float('nan'),))[0]:.2f}",
     ]
+
+
+def time_batches(loader, batches: int) -> tuple[Iterator, float, float]:
+    """``(the live iterator, seconds to the first batch, seconds for the next batches)``; the caller keeps the
+    iterator alive while it reads its workers' memory, then drops it."""
+    start = time.perf_counter()
+    iterator = iter(loader)
+    next(iterator)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return iterator, first, time.perf_counter() - start
 
 
 def verdict(ok: bool) -> str:

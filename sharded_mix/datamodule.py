@@ -133,6 +133,9 @@ class ShardedMixedDataset(DataModule):
     cache_dir: str | None = None
     """For URL data paths: where whole chunk files are downloaded, shared by the ranks and workers of a node (default:
     ``$SHARDED_MIX_CACHE_DIR``, else a directory under the system temp dir). Put it on local disk."""
+    prefetch_chunks: int = 8
+    """For URL data paths: chunks each loader process downloads ahead of its reads, past the shuffle window it is in,
+    in the order the epoch will read them (0: download each chunk when first read)."""
     exclude_shards: list[str] | None = None
     """Shard ids to leave out of discovery, e.g. ``[c2, main/3]``: the way to train without a shard directory that is
     broken or not a shard (any other directory named like a shard must be a readable shard, or setup stops)."""
@@ -171,6 +174,8 @@ class ShardedMixedDataset(DataModule):
                 f"shuffle_window is {self.shuffle_window!r}; use a whole number of chunks, 1 or more "
                 f"(1: one chunk at a time; default {DEFAULT_SHUFFLE_WINDOW})."
             )
+        if isinstance(self.prefetch_chunks, bool) or not isinstance(self.prefetch_chunks, int) or self.prefetch_chunks < 0:
+            raise ValueError(f"prefetch_chunks is {self.prefetch_chunks!r}; use a whole number of chunks >= 0 (0: no read-ahead).")
         if self.on_data_change not in DATA_CHANGE_POLICIES:
             raise ValueError(f"on_data_change is {self.on_data_change!r}; use one of {', '.join(DATA_CHANGE_POLICIES)} (default error).")
         if self.exclude_shards is not None and (
@@ -370,7 +375,7 @@ class ShardedMixedDataset(DataModule):
         ]
         return staged_loader(
             mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source, self.on_data_change,
-            self.chunk_cache(),
+            self.chunk_cache(), self.prefetch_chunks,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -35,3 +35,10 @@ def test_startup_benchmark_quick_run_completes(tmp_path):
     run_benchmark("bench_startup.py", "--quick", "--repeats", "1", "--json", str(out))
     results = json.loads(out.read_text())
     assert results["startup"]["200"]["shards"] == 200
+
+
+def test_remote_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "remote.json"
+    run_benchmark("bench_remote.py", "--quick", "--data-dir", str(tmp_path / "data"), "--json", str(out))
+    row = json.loads(out.read_text())["rows"]["0"]
+    assert row["warm"]["tokens_per_s"] > 0 and 0 < row["cold"]["downloaded_bytes"] <= row["total_bytes"]

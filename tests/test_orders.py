@@ -5,7 +5,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from sharded_mix.mixing.orders import LEGACY_WINDOW, LegacyOrder, Ordering, SequentialOrder, WindowedOrder, epoch_order
+from sharded_mix.mixing.orders import LEGACY_WINDOW, LegacyOrder, Ordering, SequentialOrder, WindowedOrder, chunk_block_starts, epoch_order
 
 
 def blocks_of(order, count: int) -> list[int]:
@@ -102,3 +102,17 @@ def test_unshuffled_and_legacy_orders():
     # Exactly the order state versions 1 and 2 gave (sharded_mix before shuffle windows):
     assert blocks_of(legacy, 15) == [6, 7, 5, 0, 1, 4, 3, 2, 10, 12, 8, 9, 14, 11, 13]
     assert blocks_of(LegacyOrder([4, 4], 7, "main/1", 3), 8) == [2, 3, 0, 1, 5, 4, 7, 6]
+
+
+def test_windows_list_their_chunks_in_reading_order():
+    chunk_blocks = [5, 7, 3, 9, 4]
+    order = WindowedOrder(chunk_blocks, Ordering(7, 2), "m1", 1)
+    starts = chunk_block_starts(chunk_blocks)
+    read = []  # chunks in the order the epoch first touches them, window by window
+    for window in range(len(order.window_ends)):
+        positions = range(order.window_start(window), order.window_ends[window])
+        assert {order.window_of(position) for position in positions} == {window}
+        touched = {int(np.searchsorted(starts, order.block(position), side="right") - 1) for position in positions}
+        assert touched == set(order.chunks_from(window, 2))
+        read += order.chunks_from(window, 2)
+    assert read == order.chunks_from(0, 99) and sorted(read) == list(range(5))

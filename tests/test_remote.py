@@ -116,3 +116,28 @@ def test_litgpt_pretrain_on_s3_shards_gives_the_losses_of_local_shards(tmp_path,
     output = run_pretrain(pretrain_config(tmp_path / "far", far_init), cwd=tmp_path)
     assert f"train {url}/train" in output and (tmp_path / "far" / "out" / "final" / "lit_model.pth").is_file()
     assert train_losses(tmp_path / "far" / "out") == train_losses(tmp_path / "local" / "out")
+
+
+def test_read_ahead_downloads_exactly_the_chunks_the_next_windows_read(tmp_path, s3):
+    from sharded_mix.mixing.orders import Ordering, epoch_order
+
+    base = tmp_path / "data"
+    write_source(base, "main/1", 1, 2000, doc_tokens=BLOCK, chunk_bytes=512)
+    url = f"s3://{s3.new_bucket()}/mix"
+    s3.upload(base, url)
+    data = data_module(
+        url, f"{url}/main/1", mix_weights_str="main:1", storage_options=s3.options, cache_dir=str(tmp_path / "cache"),
+        shuffle_window=2, prefetch_chunks=4,
+    )
+    loader = data.train_dataloader()
+    (shard,) = data.train_mixture.shards
+    assert shard.chunks > 8
+    take(loader, 1)  # draws 0-3 of main/1: all in the epoch's first window
+    cache = loader.dataset.cache
+    for future in list(cache._asked.values()):
+        future.result(timeout=60)
+    order = epoch_order([tokens // BLOCK for tokens in shard.chunk_tokens], Ordering(42, 2), shard.id, 0)
+    expected = {shard.chunk_files[chunk] for chunk in order.chunks_from(0, 2 + 4)}  # the window, then 4 chunks ahead
+    cached = {path.name for path in cache.shard_dir(shard).glob("chunk-*.bin")}
+    assert cached == expected and len(expected) == 6
+    assert cache.downloaded_bytes == sum(shard.chunk_bytes(shard.chunk_files.index(name)) for name in expected)

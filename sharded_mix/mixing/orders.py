@@ -89,6 +89,19 @@ class WindowedOrder:
             self._load(bisect.bisect_right(self.window_ends, position))
         return self._blocks[position - self._lo]
 
+    def window_of(self, position: int) -> int:
+        """Index of the window holding ``position``."""
+        return bisect.bisect_right(self.window_ends, position)
+
+    def window_start(self, index: int) -> int:
+        """First position of window ``index`` (the epoch's size past the last window)."""
+        return self.window_ends[index - 1] if index else 0
+
+    def chunks_from(self, index: int, limit: int) -> list[int]:
+        """Up to ``limit`` chunks in the order they are read, from window ``index`` on (for read-ahead)."""
+        start = index * self.window
+        return self.chunks[start : start + limit].tolist()
+
     def _load(self, index: int) -> None:
         """Materialise window ``index``: its chunks' blocks, permuted together."""
         if index >= len(self.window_ends):
@@ -99,7 +112,7 @@ class WindowedOrder:
         shift = np.repeat(self.chunk_starts[chunks] - local_starts, sizes)  # local index -> block index
         permutation = np.random.default_rng([*self.key, 1, index]).permutation(int(sizes.sum()))
         self._blocks = array("q", (permutation + shift[permutation]).tobytes())
-        self._lo = self.window_ends[index - 1] if index else 0
+        self._lo = self.window_start(index)
         self._hi = self.window_ends[index]
 
 

@@ -14,7 +14,9 @@ import hashlib
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from sharded_mix.shards import Shard
 
 CACHE_DIR_VARIABLE = "SHARDED_MIX_CACHE_DIR"
+PREFETCH_THREADS = 4
 INDEX_FILE = "index.json"
 
 
@@ -61,12 +64,31 @@ class ChunkCache:
         self.downloaded_bytes = 0
         self.downloads = 0
         self._dirs: dict[str, RemoteDir] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._asked: dict[tuple[str, int], Future] = {}
+        self._counting = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ChunkCache({str(self.cache_dir)!r})"
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_dirs": {}}
+        return {key: value for key, value in self.__dict__.items() if key not in ("_dirs", "_pool", "_asked", "_counting")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _dirs={}, _pool=None, _asked={}, _counting=threading.Lock())
+
+    def prefetch(self, shard: Shard, chunks: Iterable[int]) -> None:
+        """Download these chunks of ``shard`` in background threads, in this order, unless asked before.
+
+        A failed download is left for the read that needs the chunk, which raises the error."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=PREFETCH_THREADS, thread_name_prefix="sharded-mix-prefetch")
+        for chunk in chunks:
+            key = (shard.path, chunk)
+            if key not in self._asked:
+                self._asked[key] = self._pool.submit(self.chunk_file, shard, chunk)
+        if len(self._asked) > 4 * PREFETCH_THREADS:
+            self._asked = {key: future for key, future in self._asked.items() if not future.done()}
 
     def shard_dir(self, shard: Shard) -> Path:
         """Where ``shard``'s files are cached: named by its URL and fingerprint, so a shard rewritten under the same
@@ -97,8 +119,9 @@ class ChunkCache:
 
     def _download(self, shard_url: str, name: str, local: Path, expected: int | None) -> None:
         written = self.remote_dir(shard_url).download(name, local)
-        self.downloads += 1
-        self.downloaded_bytes += written
+        with self._counting:
+            self.downloads += 1
+            self.downloaded_bytes += written
         if expected is not None and written != expected:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(local)

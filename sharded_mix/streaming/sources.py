@@ -24,7 +24,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from sharded_mix.mixing.orders import EpochOrder, Ordering, chunk_block_starts, epoch_order
+from sharded_mix.mixing.orders import EpochOrder, Ordering, WindowedOrder, chunk_block_starts, epoch_order
 from sharded_mix.mixing.transition import Pin
 from sharded_mix.shards import Shard, chunk_header_bytes
 from sharded_mix.streaming.cache import ChunkCache
@@ -78,7 +78,9 @@ class ChunkMaps:
 class SourceReader:
     """Reads the blocks of one shard in its epoch orders; files are opened on the first read."""
 
-    def __init__(self, shard: Shard, block_size: int, ordering: Ordering | None, maps: ChunkMaps, pin: Pin | None = None) -> None:
+    def __init__(
+        self, shard: Shard, block_size: int, ordering: Ordering | None, maps: ChunkMaps, pin: Pin | None = None, read_ahead: int = 0
+    ) -> None:
         self.shard = shard
         self.block_size = block_size
         self.ordering = ordering  # None: unshuffled
@@ -90,15 +92,38 @@ class SourceReader:
         self._dataset = None  # litdata's, for shards that are not plain token shards
         self._epoch: int | None = None
         self._order: EpochOrder | None = None
+        self.read_ahead = read_ahead if is_url(shard.path) and shard.plain_tokens else 0
+        """Chunks of a remote shard to download ahead of the reads, in the order the epoch reads them."""
+        self._ahead = (-1, -1)  # (epoch, position): read-ahead was asked up to the window starting there
+
+    def _ordering(self, epoch: int) -> Ordering | None:
+        return self.pin[1] if self.ordering is not None and self.pin is not None and self.pin[0] == epoch else self.ordering
 
     def locate(self, draw: int) -> tuple[int, int]:
         """``(epoch, block index)`` of the source's ``draw``-th block."""
         epoch, position = divmod(draw, self.blocks)
         if epoch != self._epoch:
-            ordering = self.pin[1] if self.ordering is not None and self.pin is not None and self.pin[0] == epoch else self.ordering
-            self._order = epoch_order(self.chunk_blocks, ordering, self.shard.id, epoch)
+            self._order = epoch_order(self.chunk_blocks, self._ordering(epoch), self.shard.id, epoch)
             self._epoch = epoch
+        if self.read_ahead and (epoch, position) >= self._ahead:
+            self._read_ahead(epoch, position)
         return epoch, self._order.block(position)
+
+    def _read_ahead(self, epoch: int, position: int) -> None:
+        """Ask the cache for the chunks of the current window and the next ones, up to ``read_ahead`` chunks past
+        it, spilling into the next epoch's first windows; asked again when the next window starts."""
+        order = self._order
+        if not isinstance(order, WindowedOrder):  # an unshuffled or version-2 epoch: chunks are fetched as read
+            self._ahead = (epoch + 1, -1)
+            return
+        window = order.window_of(position)
+        chunks = order.chunks_from(window, order.window + self.read_ahead)
+        if len(chunks) < order.window + self.read_ahead:
+            following = epoch_order(self.chunk_blocks, self._ordering(epoch + 1), self.shard.id, epoch + 1)
+            if isinstance(following, WindowedOrder):
+                chunks += following.chunks_from(0, order.window + self.read_ahead - len(chunks))
+        self.maps.cache.prefetch(self.shard, chunks)
+        self._ahead = (epoch, order.window_ends[window])
 
     @property
     def direct(self) -> bool:

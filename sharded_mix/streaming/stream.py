@@ -79,6 +79,7 @@ class MixtureStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         cache: ChunkCache | None = None,
+        prefetch_chunks: int = 0,
     ) -> None:
         used = {source for stage in stages for source in stage.weights}
         self.shards = {shard.id: shard for shard in shards if shard.id in used}
@@ -88,6 +89,7 @@ class MixtureStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.cache = cache
+        self.prefetch_chunks = prefetch_chunks
         late = [stage.name for stage in self.stages if stage.start % batch_size]
         if late:
             raise ValueError(f"stage(s) {late} start inside a batch of {batch_size} samples; stages start on batch boundaries.")
@@ -130,7 +132,10 @@ class MixtureStream(IterableDataset):
     def _readers(self, cursor: Cursor, maps: ChunkMaps) -> list[SourceReader]:
         stage = cursor.stage
         return [
-            SourceReader(self.shards[source], stage.block_size, stage.ordering if self.shuffle else None, maps, cursor.pins.get(source))
+            SourceReader(
+                self.shards[source], stage.block_size, stage.ordering if self.shuffle else None, maps, cursor.pins.get(source),
+                self.prefetch_chunks,
+            )
             for source in cursor.ids
         ]
 
@@ -314,10 +319,12 @@ def staged_loader(
     max_epochs_per_source: int | None = None,
     on_data_change: str = "error",
     cache: ChunkCache | None = None,
+    prefetch_chunks: int = 0,
 ) -> MixtureLoader:
-    """The training loader for a schedule of stages (starts in samples per rank); remote shards are read through ``cache``."""
+    """The training loader for a schedule of stages (starts in samples per rank); remote shards are read through
+    ``cache``, ``prefetch_chunks`` chunks ahead of each source's window."""
     rank, world_size = distributed_rank_world()
-    stream = MixtureStream(shards, stages, batch_size, shuffle, rank, world_size, cache)
+    stream = MixtureStream(shards, stages, batch_size, shuffle, rank, world_size, cache, prefetch_chunks)
     return MixtureLoader(stream, num_workers, max_epochs_per_source, on_data_change)
 
 
