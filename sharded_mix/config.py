@@ -4,12 +4,30 @@ section and train sizes, or our own data YAML)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 DATA_CLASS = "sharded_mix.ShardedMixedDataset"
 LITGPT_MICRO_BATCH_SIZE = 4  # litgpt.args.TrainArgs defaults
 LITGPT_MAX_SEQ_LENGTH = 2048
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?)b?\s*$", re.IGNORECASE)
+_SIZE_RATIO = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4, "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+def parse_size(value: int | str, field_name: str) -> int:
+    """Bytes from an int or a size like '64MB', '512KB', '1MiB' (KB/MB = 1000-based, as litdata)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ValueError(f"{field_name} {value!r} is not a size; pass e.g. 64MB, 512KB or 1000000")
+        size = int(float(match.group(1)) * _SIZE_RATIO[match.group(2).lower()])
+    if size <= 0:
+        raise ValueError(f"{field_name} {value!r} must be positive; pass e.g. 64MB")
+    return size
 
 
 def load_mix_file(path: str | Path) -> dict:

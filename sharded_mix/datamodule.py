@@ -14,7 +14,7 @@ from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 from torch.utils.data import DataLoader
 
-from sharded_mix.config import load_mix_file
+from sharded_mix.config import load_mix_file, parse_size
 from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW
 from sharded_mix.mixing.plan import PlanRow, format_mixture_plan, format_stage_plan, mixture_rows
 from sharded_mix.mixing.stages import DataStage, Stage, StagePlanRow, TopLevel, build_stages, stage_plan_rows, stage_starts
@@ -133,6 +133,10 @@ class ShardedMixedDataset(DataModule):
     cache_dir: str | None = None
     """For URL data paths: where whole chunk files are downloaded, shared by the ranks and workers of a node (default:
     ``$SHARDED_MIX_CACHE_DIR``, else a directory under the system temp dir). Put it on local disk."""
+    max_cache_size: int | str | None = None
+    """For URL data paths: the most bytes of chunk files ``cache_dir`` may hold, e.g. ``200GB`` (None: no bound). The
+    least recently used chunks outside what the loaders read now or next are deleted; it must hold at least
+    sources × (shuffle_window + prefetch_chunks) chunks. Validation copies are not counted."""
     prefetch_chunks: int = 8
     """For URL data paths: chunks each loader process downloads ahead of its reads, past the shuffle window it is in,
     in the order the epoch will read them (0: download each chunk when first read)."""
@@ -176,6 +180,8 @@ class ShardedMixedDataset(DataModule):
             )
         if isinstance(self.prefetch_chunks, bool) or not isinstance(self.prefetch_chunks, int) or self.prefetch_chunks < 0:
             raise ValueError(f"prefetch_chunks is {self.prefetch_chunks!r}; use a whole number of chunks >= 0 (0: no read-ahead).")
+        if self.max_cache_size is not None:
+            self.max_cache_size = parse_size(self.max_cache_size, "max_cache_size")
         if self.on_data_change not in DATA_CHANGE_POLICIES:
             raise ValueError(f"on_data_change is {self.on_data_change!r}; use one of {', '.join(DATA_CHANGE_POLICIES)} (default error).")
         if self.exclude_shards is not None and (
@@ -257,7 +263,22 @@ class ShardedMixedDataset(DataModule):
 
     def chunk_cache(self) -> ChunkCache:
         """The node's cache of remote chunk files (unused when every shard is local)."""
-        return ChunkCache(self.cache_dir or default_cache_dir(), self.storage_options)
+        return ChunkCache(self.cache_dir or default_cache_dir(), self.storage_options, self.max_cache_size)
+
+    def _check_cache_budget(self, shards: list[Shard]) -> None:
+        """``max_cache_size`` must hold every remote source's current window and read-ahead."""
+        remote = [shard for shard in shards if is_url(shard.path) and shard.chunks]
+        if self.max_cache_size is None or not remote:
+            return
+        per_source = self.shuffle_window + self.prefetch_chunks
+        needed = sum(per_source * max(shard.chunk_bytes(chunk) or 0 for chunk in range(shard.chunks)) for shard in remote)
+        if self.max_cache_size < needed:
+            raise ValueError(
+                f"max_cache_size {self.max_cache_size:,} bytes is below the working set of this run's {len(remote)} remote "
+                f"source(s): {needed:,} bytes ({per_source} of each source's largest chunks: shuffle_window "
+                f"{self.shuffle_window} + prefetch_chunks {self.prefetch_chunks}); raise it to at least {needed:,}, or "
+                "lower prefetch_chunks."
+            )
 
     def _mixture(self, base: str, field_name: str) -> Mixture:
         shards = discover_shards(base, self.shard_types, field=field_name, exclude=self.exclude_shards or (), storage_options=self.storage_options)
@@ -300,6 +321,7 @@ class ShardedMixedDataset(DataModule):
         self.stage_weights = [self._stage_weights(stage) for stage in self.schedule]
         used = {source for weights in self.stage_weights for source in weights}
         self._check_chunk_files([shard for shard in self.train_mixture.shards if shard.id in used] + self.val_mixture.sources)
+        self._check_cache_budget([shard for shard in self.train_mixture.shards if shard.id in used])
         dtypes = {(f"{label}{shard.id}", shard.dtype)
                   for label, shards in (("", [s for s in self.train_mixture.shards if s.id in used]), ("val:", self.val_mixture.sources))
                   for shard in shards}

@@ -14,13 +14,13 @@ from litdata import StreamingDataset, TokensLoader
 from litgpt.tokenizer import Tokenizer
 
 from sharded_mix.cli import main
+from sharded_mix.config import parse_size
 from sharded_mix.streaming.discovery import read_index
 from sharded_mix.tools.demo import train_tokenizer
 from sharded_mix.tools.prepare import (
     iter_documents,
     list_input_files,
     load_tokenizer,
-    parse_size,
     prepare_shard,
     token_dtype,
     vocab_size_with_added,
@@ -201,12 +201,12 @@ def test_tokenizer_without_eos_is_refused(tmp_path: Path) -> None:
 
 
 def test_parse_size() -> None:
-    assert parse_size("64MB") == 64_000_000
-    assert parse_size("512kb") == 512_000
-    assert parse_size("1MiB") == 1024**2
-    assert parse_size(4096) == 4096
+    assert parse_size("64MB", "--chunk-bytes") == 64_000_000
+    assert parse_size("512kb", "--chunk-bytes") == 512_000
+    assert parse_size("1MiB", "--chunk-bytes") == 1024**2
+    assert parse_size(4096, "--chunk-bytes") == 4096
     with pytest.raises(ValueError, match="--chunk-bytes 'lots' is not a size"):
-        parse_size("lots")
+        parse_size("lots", "--chunk-bytes")
 
 
 # ----------------------------------------------------------------------------- writing shards

@@ -58,13 +58,22 @@ def test_remote_batches_equal_local_batches(shards, s3, tmp_path, workers):
     assert block_ids(far) == block_ids(local)
 
 
+def settled(loader):
+    """``loader`` once its read-ahead downloads (background threads) have finished."""
+    for future in list(loader.dataset.cache._asked.values()):
+        future.result(timeout=60)
+    return loader
+
+
 def test_resume_from_a_wiped_cache_continues_exactly(shards, s3, tmp_path):
     _, url = shards
     cache = tmp_path / "cache"
-    never_stopped = block_ids(take(remote(url, s3, cache).train_dataloader(), 10))
+    reference = remote(url, s3, cache).train_dataloader()
+    never_stopped = block_ids(take(reference, 10))
     first = remote(url, s3, cache).train_dataloader()
     head = block_ids(take(first, 4))
     state = first.state_dict()
+    settled(reference), settled(first)
     shutil.rmtree(cache)
     resumed = remote(url, s3, cache).train_dataloader()
     resumed.load_state_dict(state)
@@ -133,11 +142,44 @@ def test_read_ahead_downloads_exactly_the_chunks_the_next_windows_read(tmp_path,
     (shard,) = data.train_mixture.shards
     assert shard.chunks > 8
     take(loader, 1)  # draws 0-3 of main/1: all in the epoch's first window
-    cache = loader.dataset.cache
-    for future in list(cache._asked.values()):
-        future.result(timeout=60)
+    cache = settled(loader).dataset.cache
     order = epoch_order([tokens // BLOCK for tokens in shard.chunk_tokens], Ordering(42, 2), shard.id, 0)
     expected = {shard.chunk_files[chunk] for chunk in order.chunks_from(0, 2 + 4)}  # the window, then 4 chunks ahead
     cached = {path.name for path in cache.shard_dir(shard).glob("chunk-*.bin")}
     assert cached == expected and len(expected) == 6
     assert cache.downloaded_bytes == sum(shard.chunk_bytes(shard.chunk_files.index(name)) for name in expected)
+
+
+def small_chunk_mix(tmp_path: Path, s3) -> tuple[Path, str]:
+    """main/1 and c1 in chunks of ~500 bytes (a dozen or more chunks each), locally and on S3."""
+    base = tmp_path / "data"
+    write_source(base, "main/1", 1, 2000, doc_tokens=BLOCK, chunk_bytes=512)
+    write_source(base, "c1", 2, 1500, doc_tokens=BLOCK, chunk_bytes=512)
+    url = f"s3://{s3.new_bucket()}/mix"
+    s3.upload(base, url)
+    return base, url
+
+
+def test_a_bounded_cache_stays_within_its_size_and_gives_the_same_batches(tmp_path, s3):
+    base, url = small_chunk_mix(tmp_path, s3)
+    fields = {"mix_weights_str": "main:0.7,code:0.3", "shuffle_window": 2, "prefetch_chunks": 2}
+    local = block_ids(take(data_module(base, base / "main" / "1", **fields).train_dataloader(), 60))
+    shards = discover_shards(url, storage_options=s3.options)
+    budget = sum(4 * max(shard.chunk_bytes(chunk) for chunk in range(shard.chunks)) for shard in shards)
+    data = remote(url, s3, tmp_path / "cache", max_cache_size=budget, **fields)
+    loader = data.train_dataloader()
+    iterator, far = iter(loader), []
+    cache = loader.dataset.cache
+    for _ in range(60):
+        far += block_ids([next(iterator)])
+        settled(loader)
+        held = sum(path.stat().st_size for path in (tmp_path / "cache").rglob("chunk-*.bin"))
+        assert held <= budget
+    assert far == local  # 60 batches: more than an epoch of main/1, with chunks evicted and fetched again
+    assert cache.evictions > 0 and cache.downloaded_bytes > sum(shard.tokens * 4 for shard in shards)
+
+
+def test_a_cache_budget_below_the_working_set_is_refused_with_the_size_needed(tmp_path, s3):
+    _, url = small_chunk_mix(tmp_path, s3)
+    with pytest.raises(ValueError, match=r"max_cache_size 1,000 bytes is below the working set of this run's 2 remote source\(s\): [\d,]+ bytes \(10 of each source's largest chunks: shuffle_window 2 \+ prefetch_chunks 8\); raise it to at least"):
+        remote(url, s3, tmp_path / "cache", mix_weights_str="main:0.7,code:0.3", shuffle_window=2, max_cache_size="1KB")

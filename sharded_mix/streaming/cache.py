@@ -1,9 +1,10 @@
 """A node-local cache of remote shards' chunk files, so they are read through the same memory maps as local shards.
 
-Each chunk is downloaded whole, once per node: the processes of a node (ranks × DataLoader workers) share the cache
+Each chunk is downloaded whole, once per node (again only if it was evicted): the processes of a node (ranks × DataLoader workers) share the cache
 directory, an exclusive ``flock`` on ``<chunk file>.lock`` serializes check-then-download, and downloads are atomic
 (``RemoteDir.download``). A cached file whose size differs from what the shard's ``index.json`` implies is fetched
-again. Shards live in ``<cache_dir>/<16 hex of sha256(shard URL, fingerprint)>``.
+again. Shards live in ``<cache_dir>/<16 hex of sha256(shard URL, fingerprint)>``. With ``max_bytes`` the cache evicts,
+after each download, the least recently used chunks outside what this process reads now or next.
 """
 
 from __future__ import annotations
@@ -58,11 +59,15 @@ def _size_or_none(path: Path) -> int | None:
 class ChunkCache:
     """Whole chunk files of remote shards, downloaded once per node into a local directory."""
 
-    def __init__(self, cache_dir: str | Path, storage_options: Mapping[str, object] | None = None) -> None:
+    def __init__(self, cache_dir: str | Path, storage_options: Mapping[str, object] | None = None, max_bytes: int | None = None) -> None:
         self.cache_dir = Path(cache_dir)
         self.storage_options = dict(storage_options or {})
+        self.max_bytes = max_bytes
+        """Chunk files the training cache may hold (None: no bound); validation copies are not counted."""
         self.downloaded_bytes = 0
         self.downloads = 0
+        self.evictions = 0
+        self._wanted: dict[str, set[str]] = {}  # shard copy -> chunk files this process reads now or next
         self._dirs: dict[str, RemoteDir] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._asked: dict[tuple[str, int], Future] = {}
@@ -72,15 +77,18 @@ class ChunkCache:
         return f"ChunkCache({str(self.cache_dir)!r})"
 
     def __getstate__(self) -> dict:
-        return {key: value for key, value in self.__dict__.items() if key not in ("_dirs", "_pool", "_asked", "_counting")}
+        return {key: value for key, value in self.__dict__.items() if key not in ("_dirs", "_pool", "_asked", "_counting", "_wanted")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _dirs={}, _pool=None, _asked={}, _counting=threading.Lock())
+        self.__dict__.update(state, _dirs={}, _pool=None, _asked={}, _counting=threading.Lock(), _wanted={})
 
     def prefetch(self, shard: Shard, chunks: Iterable[int]) -> None:
         """Download these chunks of ``shard`` in background threads, in this order, unless asked before.
 
         A failed download is left for the read that needs the chunk, which raises the error."""
+        chunks = list(chunks)
+        with self._counting:
+            self._wanted[str(self.shard_dir(shard))] = {shard.chunk_files[chunk] for chunk in chunks}
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=PREFETCH_THREADS, thread_name_prefix="sharded-mix-prefetch")
         for chunk in chunks:
@@ -109,13 +117,48 @@ class ChunkCache:
         expected = shard.chunk_bytes(chunk)
         found = _size_or_none(local)
         if found is not None and (expected is None or found == expected):
+            if self.max_bytes is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(local)  # recently used: evicted last
             return str(local)
         local.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive_lock(local.with_name(local.name + ".lock")):
             found = _size_or_none(local)  # another process may have fetched it meanwhile
             if found is None or (expected is not None and found != expected):
                 self._download(shard.path, name, local, expected)
+        if self.max_bytes is not None:
+            self._make_room(local)
         return str(local)
+
+    def _make_room(self, keep: Path) -> None:
+        """Delete cached chunk files until they fit in ``max_bytes``: never ``keep`` nor a chunk this process reads
+        now or next (its sources' current windows and read-ahead), the least recently used first. A process that
+        has a deleted chunk mapped keeps reading it; one that needs it again downloads it again."""
+        files = []
+        for shard_dir in self.cache_dir.iterdir():
+            if not shard_dir.is_dir() or (shard_dir / INDEX_FILE).exists():  # a validation copy (``mirror``)
+                continue
+            for entry in os.scandir(shard_dir):
+                if entry.name.startswith(".") or entry.name.endswith(".lock"):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    info = entry.stat()
+                    files.append((info.st_mtime_ns, info.st_size, Path(entry.path)))
+        total = sum(size for _, size, _ in files)
+        if total <= self.max_bytes:
+            return
+        with self._counting:
+            wanted = {(directory, name) for directory, names in self._wanted.items() for name in names}
+        for _, size, path in sorted(files):
+            if total <= self.max_bytes:
+                break
+            if path == keep or (str(path.parent), path.name) in wanted:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                total -= size
+                with self._counting:
+                    self.evictions += 1
 
     def _download(self, shard_url: str, name: str, local: Path, expected: int | None) -> None:
         written = self.remote_dir(shard_url).download(name, local)

@@ -33,6 +33,8 @@ from sharded_mix.streaming.storage import is_url
 
 logger = logging.getLogger(__name__)
 
+EVICTED_RETRIES = 2
+
 def map_chunk(shard: Shard, chunk: int, dtype: np.dtype, cache: ChunkCache | None = None) -> np.memmap:
     """A read-only map of the tokens of a plain token shard's chunk ``chunk``; a remote shard's chunk is
     downloaded into ``cache`` first (once per node).
@@ -40,17 +42,20 @@ def map_chunk(shard: Shard, chunk: int, dtype: np.dtype, cache: ChunkCache | Non
     The file is checked against its ``index.json`` entry first (``chunk_checks``), so a chunk missing,
     unreadable, truncated or rewritten since set-up is an error naming it, never garbage tokens or a hang.
     """
+    header, shape = chunk_header_bytes(shard.chunk_items[chunk]), (shard.chunk_tokens[chunk],)
     if is_url(shard.path):
         if cache is None:
             raise TypeError(f"shard {shard.id!r} is remote ({shard.path}); its reader needs a ChunkCache")
-        filename = cache.chunk_file(shard, chunk)
-    else:
-        problem = chunk_file_problem(shard, chunk)
-        if problem:
-            raise ValueError(f"shard {shard.id!r}: {problem}")
-        filename = os.path.join(shard.path, shard.chunk_files[chunk])
-    header = chunk_header_bytes(shard.chunk_items[chunk])
-    return np.memmap(filename, dtype=dtype, mode="r", offset=header, shape=(shard.chunk_tokens[chunk],))
+        for attempt in range(EVICTED_RETRIES + 1):
+            try:
+                return np.memmap(cache.chunk_file(shard, chunk), dtype=dtype, mode="r", offset=header, shape=shape)
+            except FileNotFoundError:  # another process of the node evicted it between download and map
+                if attempt == EVICTED_RETRIES:
+                    raise
+    problem = chunk_file_problem(shard, chunk)
+    if problem:
+        raise ValueError(f"shard {shard.id!r}: {problem}")
+    return np.memmap(os.path.join(shard.path, shard.chunk_files[chunk]), dtype=dtype, mode="r", offset=header, shape=shape)
 
 
 class ChunkMaps:

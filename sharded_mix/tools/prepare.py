@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from sharded_mix.config import parse_size
 from sharded_mix.shards import shard_from_index
 from sharded_mix.streaming.discovery import read_index
 
@@ -35,8 +36,6 @@ logger = logging.getLogger(__name__)
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
 UINT16_VOCAB_LIMIT = 2**16
 _SHARD_ENTRY = re.compile(r"^(index\.json|\d+\.index\.json|chunk-.*\.bin|\.checkpoints)$")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?)b?\s*$", re.IGNORECASE)
-_SIZE_RATIO = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
 
 
 @dataclass(frozen=True)
@@ -273,20 +272,6 @@ def tokenize_file(path: str, tokenizer_dir: str, text_field: str, dtype: str) ->
 # ----------------------------------------------------------------------------- writing the shard
 
 
-def parse_size(value: int | str) -> int:
-    """Bytes from an int or a size like '64MB', '512KB', '1MiB' (KB/MB = 1000-based, as litdata)."""
-    if isinstance(value, int):
-        size = value
-    else:
-        match = _SIZE.match(str(value))
-        if not match:
-            raise ValueError(f"--chunk-bytes {value!r} is not a size; pass e.g. 64MB, 512KB or 1000000")
-        size = int(float(match.group(1)) * _SIZE_RATIO[match.group(2).lower()])
-    if size <= 0:
-        raise ValueError(f"--chunk-bytes {value!r} must be positive; pass e.g. 64MB")
-    return size
-
-
 def _clear_output_dir(output_dir: Path, overwrite: bool) -> None:
     """Make sure `output_dir` is absent or empty, deleting an old shard only when `overwrite`."""
     if output_dir.exists() and not output_dir.is_dir():
@@ -396,7 +381,7 @@ def prepare_shard(
     output_dir = Path(output_dir)
     if num_workers < 1:
         raise ValueError(f"--num-workers {num_workers} must be at least 1")
-    size = parse_size(chunk_bytes)
+    size = parse_size(chunk_bytes, "--chunk-bytes")
     files = list_input_files([Path(p) for p in inputs])
     if not files:
         raise ValueError(f"no {'/'.join(SUPPORTED_SUFFIXES)} files in --input {[str(p) for p in inputs]}")
