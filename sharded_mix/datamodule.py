@@ -282,7 +282,7 @@ class ShardedMixedDataset(DataModule):
 
     def _mixture(self, base: str, field_name: str) -> Mixture:
         shards = discover_shards(base, self.shard_types, field=field_name, exclude=self.exclude_shards or (), storage_options=self.storage_options)
-        if len(shards) == 1 and shards[0].path == base.rstrip("/"):
+        if len(shards) == 1 and shards[0].id == MAIN_TYPE:  # only a single litdata directory gets the bare id
             if field_name == "data_path":
                 self._check_single_directory_blend(base)
             weights = {shards[0].id: 1.0}  # a plain litdata directory, not a typed base
@@ -320,10 +320,11 @@ class ShardedMixedDataset(DataModule):
         self.val_mixture = self._mixture(val_base, "val_data_path")
         self.stage_weights = [self._stage_weights(stage) for stage in self.schedule]
         used = {source for weights in self.stage_weights for source in weights}
-        self._check_chunk_files([shard for shard in self.train_mixture.shards if shard.id in used] + self.val_mixture.sources)
-        self._check_cache_budget([shard for shard in self.train_mixture.shards if shard.id in used])
+        trained = [shard for shard in self.train_mixture.shards if shard.id in used]
+        self._check_chunk_files(trained + self.val_mixture.sources)
+        self._check_cache_budget(trained)
         dtypes = {(f"{label}{shard.id}", shard.dtype)
-                  for label, shards in (("", [s for s in self.train_mixture.shards if s.id in used]), ("val:", self.val_mixture.sources))
+                  for label, shards in (("", trained), ("val:", self.val_mixture.sources))
                   for shard in shards}
         if len({dtype for _, dtype in dtypes}) > 1:
             listing = ", ".join(f"{shard_id}={dtype}" for shard_id, dtype in sorted(dtypes))

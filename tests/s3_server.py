@@ -39,6 +39,11 @@ class S3Server:
                 key = "/".join(part for part in (prefix.strip("/"), path.relative_to(local_dir).as_posix()) if part)
                 self.client.upload_file(str(path), bucket, key)
 
+    def delete(self, url: str) -> None:
+        """Delete the object at ``url`` (``s3://bucket/key``)."""
+        bucket, _, key = url.removeprefix("s3://").partition("/")
+        self.client.delete_object(Bucket=bucket, Key=key)
+
     @contextlib.contextmanager
     def checking_credentials(self) -> Iterator[None]:
         """While active, moto authenticates requests, so the dummy keys get ``403 InvalidAccessKeyId``."""

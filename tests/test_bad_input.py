@@ -336,3 +336,10 @@ def test_seeds_use_all_64_bits_and_a_version_3_checkpoint_keeps_its_32_bit_order
     loader = loader_with_seed(base, high)
     loader.load_state_dict(state)
     assert block_ids(take(loader, 3)) == reference
+
+
+def test_a_single_directory_given_with_a_trailing_slash_is_still_one_directory(base):
+    produced: list = []
+    with pytest.raises(ValueError, match=r"data_path '.*/c1/' is one litdata directory .* mix_weights_str names code"):
+        first_batch(produced, base, data_path=f"{base / 'c1'}/", mix_weights_str="main:0.5,code:0.5")
+    assert produced == []

@@ -89,16 +89,14 @@ def test_validation_reads_remote_shards(shards, s3, tmp_path):
 
 def test_a_missing_chunk_object_is_an_error_naming_its_url(shards, s3, tmp_path):
     _, url = shards
-    bucket, _, prefix = url.removeprefix("s3://").partition("/")
-    s3.client.delete_object(Bucket=bucket, Key=f"{prefix}/c1/chunk-0-0.bin")
+    s3.delete(f"{url}/c1/chunk-0-0.bin")
     with pytest.raises(ValueError, match=rf"(?s)c1 \({url}/c1\): chunk object '{url}/c1/chunk-0-0.bin' is missing"):
         remote(url, s3, tmp_path / "cache")
 
 
 def test_a_remote_shard_without_index_is_an_error_unless_excluded(shards, s3, tmp_path):
     _, url = shards
-    bucket, _, prefix = url.removeprefix("s3://").partition("/")
-    s3.client.delete_object(Bucket=bucket, Key=f"{prefix}/c2/index.json")
+    s3.delete(f"{url}/c2/index.json")
     with pytest.raises(ValueError, match=rf"(?s)c2 \({url}/c2\): has no index.json.*exclude_shards"):
         remote(url, s3, tmp_path / "cache")
     assert [s.id for s in remote(url, s3, tmp_path / "cache", exclude_shards=["c2"]).train_mixture.shards] == ["c1", "m1", "main/1"]

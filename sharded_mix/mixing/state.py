@@ -190,7 +190,7 @@ def apply_data_change(state: Mapping, changes: list[DataChange], shards: Mapping
             "they already gave are read again) or on_data_change: continue (they keep their positions over the new "
             "content: blocks of their epoch in progress may be skipped or repeated)."
         )
-    resumed = {key: value for key, value in state.items()}
+    resumed = dict(state)
     for group in ("sources", "dropped"):
         resumed[group] = {source: dict(entry) for source, entry in state.get(group, {}).items()}
     for change in changes:
