@@ -23,7 +23,6 @@ bound of what a real object store gives. Target (issue "Remote shards"): warm >=
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -38,7 +37,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import data_root, log, machine_info, machine_lines, quiet, time_batches, verdict  # noqa: E402
+from common import data_root, log, machine_info, machine_lines, quiet, report, time_batches, verdict  # noqa: E402
 from sharded_mix import ShardedMixedDataset  # noqa: E402
 from sharded_mix.tools.prepare import write_token_shard  # noqa: E402
 
@@ -51,13 +50,13 @@ TARGET_WARM_RATIO = 0.5
 CREDENTIALS = {"access_key_id": "bench", "secret_access_key": "bench", "region": "us-east-1"}
 
 
-def write_shards(base: Path, tokens: int) -> int:
+def write_shards(base: Path, tokens: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     """The four shards under ``base``; their bytes on disk."""
     rng = np.random.default_rng(0)
     for name, share in SHARES.items():
         count = int(tokens * share)
         documents = [rng.integers(0, 50_000, 4096, dtype=np.int64) for _ in range(count // 4096)]
-        write_token_shard(base / name, documents, chunk_bytes=CHUNK_BYTES, dtype=torch.uint16)
+        write_token_shard(base / name, documents, chunk_bytes=chunk_bytes, dtype=torch.uint16)
     return sum(path.stat().st_size for path in base.rglob("*") if path.is_file())
 
 
@@ -157,11 +156,7 @@ def main(argv=None) -> dict:
     for workers, row in results["rows"].items():
         ratio = row["warm"]["tokens_per_s"] / row["local"]["tokens_per_s"]
         lines.append(f"| warm remote / local, workers={workers} | {ratio:.2f}x | >= {TARGET_WARM_RATIO}x | {verdict(ratio >= TARGET_WARM_RATIO)} |")
-    lines.append(f"\ntotal run time {results['seconds']:.1f} s")
-    log("\n".join(["", *lines]))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    return results
+    return report(results, lines, args.json)
 
 
 if __name__ == "__main__":

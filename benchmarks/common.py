@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -20,6 +21,14 @@ import torch
 
 def log(message: str = "") -> None:
     print(message, flush=True)
+
+
+def report(results: dict, lines: list[str], json_path=None) -> dict:
+    """Print the tables with the total run time (``results['seconds']``), and write ``results`` as JSON if asked."""
+    log("\n".join(["", *lines, f"\ntotal run time {results['seconds']:.1f} s"]))
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=1))
+    return results
 
 
 def quiet() -> None:

@@ -25,7 +25,8 @@ from sharded_mix.streaming.cache import ChunkCache, default_cache_dir
 from sharded_mix.streaming.chunk_checks import capped, chunk_file_problems
 from sharded_mix.streaming.discovery import discover_shards
 from sharded_mix.streaming.storage import RemoteDir, is_url, join_url
-from sharded_mix.streaming.stream import distributed_rank_world, staged_loader, stream_stage, validation_loader
+from sharded_mix.streaming.distributed import check_node_layout, distributed_rank_world, from_rank_zero, launcher_nodes
+from sharded_mix.streaming.stream import staged_loader, stream_stage, validation_loader
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +40,35 @@ def expand_path(value: str | Path, field_name: str) -> str:
     return expanded
 
 
-def calling_train_args():
-    """The ``TrainArgs`` of the LitGPT command (``litgpt pretrain``'s ``get_dataloaders``) calling ``connect``, or None.
+def calling_local(name: str, kind: type):
+    """The local ``name`` of type ``kind`` of the nearest calling frame that has one, or None.
 
-    LitGPT tells a data module its micro-batch size only; its ``global_batch_size`` is a local named
-    ``train`` of a calling frame.
+    LitGPT tells a data module its micro-batch size only; its ``TrainArgs`` (``global_batch_size``) and its
+    ``Fabric`` (``num_nodes``) are locals ``train`` and ``fabric`` of ``litgpt pretrain``'s ``get_dataloaders``,
+    which calls ``connect``.
     """
-    from litgpt.args import TrainArgs
-
     frame = sys._getframe(1)
     while frame is not None:
-        train = frame.f_locals.get("train")
-        if isinstance(train, TrainArgs):
-            return train
+        value = frame.f_locals.get(name)
+        if isinstance(value, kind):
+            return value
         frame = frame.f_back
     return None
+
+
+def calling_train_args():
+    """The ``TrainArgs`` of the LitGPT command calling ``connect``, or None."""
+    from litgpt.args import TrainArgs
+
+    return calling_local("train", TrainArgs)
+
+
+def calling_fabric_nodes() -> int | None:
+    """``num_nodes`` of the ``Fabric`` of the LitGPT command calling ``connect``, or None."""
+    from lightning.fabric import Fabric
+
+    fabric = calling_local("fabric", Fabric)
+    return getattr(getattr(fabric, "strategy", None), "num_nodes", None) if fabric is not None else None
 
 
 def log_rank_zero(message: str, *args) -> None:
@@ -140,6 +155,11 @@ class ShardedMixedDataset(DataModule):
     prefetch_chunks: int = 8
     """For URL data paths: chunks each loader process downloads ahead of its reads, past the shuffle window it is in,
     in the order the epoch will read them (0: download each chunk when first read)."""
+    nodes: int | None = None
+    """Nodes the run spans. Each node reads its own contiguous slice of every epoch of every source, so it downloads
+    about 1/nodes of a remote mixture (and pages in 1/nodes of a local one). None: taken from the launcher (LitGPT's
+    ``--num_nodes``, SLURM, torchrun), else 1. Resuming on another number of nodes shares the rest of each epoch out
+    anew, without repeats or skips."""
     exclude_shards: list[str] | None = None
     """Shard ids to leave out of discovery, e.g. ``[c2, main/3]``: the way to train without a shard directory that is
     broken or not a shard (any other directory named like a shard must be a readable shard, or setup stops)."""
@@ -158,6 +178,7 @@ class ShardedMixedDataset(DataModule):
     """Or: the anneal starts after this many tokens."""
     anneal_weights: str | None = None
     """The anneal blend, in the top level's form (shard ids if ``literal_weights_str`` is used, else types)."""
+    _fabric_nodes: int | None = field(init=False, repr=False, default=None)
 
     batch_size: int = field(init=False, repr=False, default=1)
     seq_length: int = field(init=False, repr=False, default=2049)
@@ -182,6 +203,8 @@ class ShardedMixedDataset(DataModule):
             raise ValueError(f"prefetch_chunks is {self.prefetch_chunks!r}; use a whole number of chunks >= 0 (0: no read-ahead).")
         if self.max_cache_size is not None:
             self.max_cache_size = parse_size(self.max_cache_size, "max_cache_size")
+        if self.nodes is not None and (isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or self.nodes < 1):
+            raise ValueError(f"nodes is {self.nodes!r}; use the number of nodes the run spans (1 or more), or leave it unset.")
         if self.on_data_change not in DATA_CHANGE_POLICIES:
             raise ValueError(f"on_data_change is {self.on_data_change!r}; use one of {', '.join(DATA_CHANGE_POLICIES)} (default error).")
         if self.exclude_shards is not None and (
@@ -221,6 +244,7 @@ class ShardedMixedDataset(DataModule):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size (train.micro_batch_size) is {batch_size!r}; use a whole number >= 1.")
         self._adopt_global_batch_size(calling_train_args())
+        self._fabric_nodes = calling_fabric_nodes()
         self.batch_size = batch_size
         self.seq_length = (max_seq_length if max_seq_length is not None else 2048) + 1
         stage_starts(self.schedule, self.global_batch_size, self.seq_length - 1)  # order, gaps and overlaps, before any I/O
@@ -281,7 +305,9 @@ class ShardedMixedDataset(DataModule):
             )
 
     def _mixture(self, base: str, field_name: str) -> Mixture:
-        shards = discover_shards(base, self.shard_types, field=field_name, exclude=self.exclude_shards or (), storage_options=self.storage_options)
+        shards = from_rank_zero(
+            lambda: discover_shards(base, self.shard_types, field=field_name, exclude=self.exclude_shards or (), storage_options=self.storage_options)
+        )
         if len(shards) == 1 and shards[0].id == MAIN_TYPE:  # only a single litdata directory gets the bare id
             if field_name == "data_path":
                 self._check_single_directory_blend(base)
@@ -387,7 +413,8 @@ class ShardedMixedDataset(DataModule):
 
     def train_dataloader(self) -> DataLoader:
         mixture = self._require_setup()
-        _, world_size = distributed_rank_world()
+        rank, world_size = distributed_rank_world()
+        nodes = self.node_count(rank, world_size)
         max_seq_length = self.seq_length - 1
         starts = stage_starts(self.schedule, self.global_batch_size, max_seq_length, self.batch_size, world_size)
         stages = [
@@ -398,8 +425,16 @@ class ShardedMixedDataset(DataModule):
         ]
         return staged_loader(
             mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source, self.on_data_change,
-            self.chunk_cache(), self.prefetch_chunks,
+            self.chunk_cache(), self.prefetch_chunks, nodes,
         )
+
+    def node_count(self, rank: int, world_size: int) -> int:
+        """The nodes of the run: the ``nodes`` field, else the launcher's; checked against the ranks."""
+        nodes, origin = (self.nodes, "the nodes field") if self.nodes is not None else launcher_nodes(world_size, self._fabric_nodes)
+        check_node_layout(rank, world_size, nodes)
+        if nodes > 1:
+            log_rank_zero("%d nodes (from %s): each reads its own slice of every epoch of every source", nodes, origin)
+        return nodes
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()

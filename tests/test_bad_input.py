@@ -183,6 +183,10 @@ CASES = [
     (damaged_state("draws_negative", lambda state: state["sources"]["c1"].update(draws=-3)), r"sources\['c1'\]\.draws is -3, expected a whole number >= 0"),
     (damaged_state("draws_string", lambda state: state["sources"]["c1"].update(draws="abc")), r"sources\['c1'\]\.draws is 'abc'"),
     (damaged_state("version_unknown", lambda state: state.update(version=STATE_VERSION + 1)), r"state version \d+ is not one of"),
+    (damaged_state("nodes_not_dividing_ranks", lambda state: state.update(world_size=4, nodes=3)), r"nodes is 3, expected a divisor of world_size 4"),
+    (damaged_state("split_not_covering_the_epoch", lambda state: state["sources"]["c1"].update(
+        split={"epoch": 0, "world_size": 2, "nodes": 2, "start": 0, "intervals": [[0, 3]]})), r"sources\['c1'\]\.split\.intervals is \[\[0, 3\]\], expected \[lo, hi\] pairs"),
+    (fields("nodes_zero", nodes=0), r"nodes is 0; use the number of nodes the run spans"),
     (rewritten_shard(800), r"(?s)on_data_change=error: 1 source\(s\) changed.*c1 \(.*/c1\): content [0-9a-f]+ in the checkpoint, content [0-9a-f]+ now"),
     (rewritten_shard(1600), r"(?s)on_data_change=error: 1 source\(s\) changed.*c1 .*\(chunks \d+ -> \d+, tokens 800 -> 1,600\)"),
     (grew_before_fingerprints, r"(?s)on_data_change=error: 1 source\(s\) changed.*c1 .*: 50 blocks in the checkpoint, 100 blocks now"),

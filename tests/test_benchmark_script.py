@@ -42,3 +42,10 @@ def test_remote_benchmark_quick_run_completes(tmp_path):
     run_benchmark("bench_remote.py", "--quick", "--data-dir", str(tmp_path / "data"), "--json", str(out))
     row = json.loads(out.read_text())["rows"]["0"]
     assert row["warm"]["tokens_per_s"] > 0 and 0 < row["cold"]["downloaded_bytes"] <= row["total_bytes"]
+
+
+def test_node_share_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "nodes.json"
+    run_benchmark("bench_node_share.py", "--quick", "--data-dir", str(tmp_path / "data"), "--json", str(out))
+    one, two = json.loads(out.read_text())["rows"]
+    assert one["per_node"] == [one["total_bytes"]] and all(size < 0.75 * two["total_bytes"] for size in two["per_node"])

@@ -67,7 +67,7 @@ def test_data_position_of_a_checkpoint(scenario, tmp_path, capsys):
     assert position["iter_num"] == 24 and position["data"]["sources"]["m1"]["draws"] == 100
     assert main(["data-position", str(step_dir)]) == 0
     out = capsys.readouterr().out
-    assert "250 samples per rank on 1 rank(s), blocks of 16 tokens, seed 42" in out
+    assert "250 samples per rank on 1 rank(s) on 1 node(s), blocks of 16 tokens, seed 42" in out
     assert "10 of these samples per rank were fetched but not trained on" in out  # 25 batches, 24 steps
     rows = {line.split()[0]: line.split()[1:6] for line in out.splitlines() if line.startswith(("m1 ", "main/1 "))}
     assert rows == {"m1": ["0.4000", "0", "100", "/", "181"], "main/1": ["0.6000", "0", "150", "/", "1,206"]}

@@ -124,7 +124,7 @@ def test_a_state_version_from_the_future_is_refused(scenario):
     loader = make(scenario, batch_size=10, literal_weights_str=WEIGHTS).train_dataloader()
     state = loader.state_dict()
     state["version"] = STATE_VERSION + 1
-    with pytest.raises(ValueError, match=rf"state version {STATE_VERSION + 1} is not one of \(1, 2, 3, 4\).*upgrade sharded_mix"):
+    with pytest.raises(ValueError, match=rf"state version {STATE_VERSION + 1} is not one of \(1, 2, 3, 4, 5\).*upgrade sharded_mix"):
         loader.load_state_dict(state)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sharded_mix.mixing.blend import Blender
 from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW, LEGACY_WINDOW, Ordering
+from sharded_mix.mixing.slices import Split, Topology
 from sharded_mix.mixing.transition import SourcePosition, TransitionRow, carry_over
 
 
@@ -57,6 +58,7 @@ class Cursor:
         self.taken = self.blender.taken  # one list, shared with the blender
         self.base = [positions[source].draws - self.taken[i] * self.world_size for i, source in enumerate(self.ids)]
         self.pins = {source: p.pin for source, p in positions.items() if p.pin is not None}
+        self.splits = {source: p.split for source, p in positions.items() if p.split is not None}
         self.dropped = dict(dropped)
 
     @property
@@ -81,7 +83,9 @@ class Cursor:
         """Each source of the current stage: draws, epoch size, block size and any pin that still matters."""
         stage = self.stage
         return {
-            source: SourcePosition(self.draws(i), stage.blocks[source], self.pins.get(source), stage.block_size).settled(stage.ordering)
+            source: SourcePosition(
+                self.draws(i), stage.blocks[source], self.pins.get(source), stage.block_size, self.splits.get(source)
+            ).settled(stage.ordering)
             for i, source in enumerate(self.ids)
         }
 
@@ -159,7 +163,23 @@ def position_entry(position: SourcePosition) -> dict:
     if position.pin is not None:
         epoch, ordering = position.pin
         entry["pinned_order"] = {"epoch": epoch, "seed": ordering.seed, "shuffle_window": ordering.window}
+    if position.split is not None:
+        entry["split"] = split_entry(position.split)
     return entry
+
+
+def split_entry(split: Split) -> dict:
+    return {
+        "epoch": split.epoch,
+        "world_size": split.base.world_size,
+        "nodes": split.base.nodes,
+        "start": split.start,
+        "intervals": [[lo, hi] for lo, hi in split.intervals],
+    }
+
+
+def entry_split(entry: Mapping) -> Split:
+    return Split(entry["epoch"], Topology(entry["world_size"], entry["nodes"]), entry["start"], tuple((lo, hi) for lo, hi in entry["intervals"]))
 
 
 def saved_ordering(state: Mapping) -> Ordering:
@@ -175,4 +195,5 @@ def entry_position(entry: Mapping, block_size: int) -> SourcePosition:
         pinned = (entry["pinned_seed"]["epoch"], Ordering(entry["pinned_seed"]["seed"], LEGACY_WINDOW))
     else:
         pinned = None
-    return SourcePosition(entry["draws"], entry["blocks"], pinned, entry.get("block_size", block_size))
+    split = entry_split(entry["split"]) if "split" in entry else None
+    return SourcePosition(entry["draws"], entry["blocks"], pinned, entry.get("block_size", block_size), split)

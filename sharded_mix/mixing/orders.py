@@ -63,9 +63,15 @@ class SequentialOrder:
 
 
 class WindowedOrder:
-    """One epoch of a shuffled source; ``block(position)`` materialises only the window in use."""
+    """One epoch of a shuffled source, or the slice ``[lo, hi)`` of its chunk order that one node reads
+    (``slices.py``); ``block(position)`` materialises only the window in use.
 
-    def __init__(self, chunk_blocks: Sequence[int], ordering: Ordering, shard_id: str, epoch: int) -> None:
+    A slice's windows are cut within it: its first and last chunks may be partial, and no window reaches
+    into another node's slice. The whole epoch (``lo=0, hi=None``) is the order described above."""
+
+    def __init__(
+        self, chunk_blocks: Sequence[int], ordering: Ordering, shard_id: str, epoch: int, lo: int = 0, hi: int | None = None
+    ) -> None:
         if ordering.window < 1:
             raise ValueError(f"shuffle window {ordering.window}: use 1 or more chunks")
         self.key = [int(ordering.seed), stable_id(shard_id), int(epoch)]  # seeds below 2**32 keep their v3 orders
@@ -73,21 +79,30 @@ class WindowedOrder:
         self.chunk_blocks = np.asarray(chunk_blocks, dtype=np.int64)
         self.chunk_starts = chunk_block_starts(self.chunk_blocks)
         self.chunks = np.random.default_rng([*self.key, 0]).permutation(len(self.chunk_blocks))
-        ends_along_order = np.cumsum(self.chunk_blocks[self.chunks])
-        last = len(self.chunks) - 1
-        self.window_ends = ends_along_order[np.r_[self.window - 1 : last : self.window, last]].tolist() if len(self.chunks) else []
+        self.order_starts = np.concatenate([[0], np.cumsum(self.chunk_blocks[self.chunks])]).astype(np.int64)
+        total = int(self.order_starts[-1])
+        self.lo, self.hi = lo, total if hi is None else hi
+        # the chunks along the order that the slice touches: [first, stop)
+        self.first = int(np.searchsorted(self.order_starts, lo, side="right")) - 1 if lo else 0
+        self.stop = len(self.chunks) if self.hi == total else int(np.searchsorted(self.order_starts, self.hi, side="left"))
+        edges = np.minimum(np.r_[self.first + self.window : self.stop : self.window, self.stop], self.stop) if self.stop > self.first else []
+        self.window_ends = (np.minimum(self.order_starts[edges], self.hi) - lo).tolist() if len(edges) else []
         self._lo = self._hi = 0
         self._blocks = array("q")
 
     @property
     def blocks(self) -> int:
-        return int(self.chunk_starts[-1])
+        """Positions in the epoch (or the slice)."""
+        return self.hi - self.lo
 
     def block(self, position: int) -> int:
-        """The block index drawn at ``position`` (0 <= position < blocks) of this epoch."""
+        """The block index drawn at ``position`` (0 <= position < blocks) of this epoch or slice."""
         if not self._lo <= position < self._hi:
             self._load(bisect.bisect_right(self.window_ends, position))
         return self._blocks[position - self._lo]
+
+    def slice_at(self, position: int) -> tuple[WindowedOrder, int]:
+        return self, 0
 
     def window_of(self, position: int) -> int:
         """Index of the window holding ``position``."""
@@ -99,19 +114,26 @@ class WindowedOrder:
 
     def chunks_from(self, index: int, limit: int) -> list[int]:
         """Up to ``limit`` chunks in the order they are read, from window ``index`` on (for read-ahead)."""
-        start = index * self.window
-        return self.chunks[start : start + limit].tolist()
+        start = self.first + index * self.window
+        return self.chunks[start : min(start + limit, self.stop)].tolist()
 
     def _load(self, index: int) -> None:
-        """Materialise window ``index``: its chunks' blocks, permuted together."""
+        """Materialise window ``index``: its chunks' blocks (those inside the slice), permuted together."""
         if index >= len(self.window_ends):
-            raise IndexError(f"position beyond the epoch's {self.blocks} blocks")
-        chunks = self.chunks[index * self.window : (index + 1) * self.window]
-        sizes = self.chunk_blocks[chunks]
+            raise IndexError(f"position beyond the {self.blocks} blocks of the epoch or slice")
+        along = np.arange(self.first + index * self.window, min(self.first + (index + 1) * self.window, self.stop))
+        chunks = self.chunks[along]
+        starts = np.maximum(self.order_starts[along], self.lo)  # the part of each chunk inside the slice
+        sizes = np.minimum(self.order_starts[along + 1], self.hi) - starts
         local_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        shift = np.repeat(self.chunk_starts[chunks] - local_starts, sizes)  # local index -> block index
-        permutation = np.random.default_rng([*self.key, 1, index]).permutation(int(sizes.sum()))
-        self._blocks = array("q", (permutation + shift[permutation]).tobytes())
+        first_blocks = self.chunk_starts[chunks] + starts - self.order_starts[along]
+        shift = np.repeat(first_blocks - local_starts, sizes)  # local index -> block index
+        seed = [*self.key, 1, index] if self.lo == 0 else [*self.key, 1, index, self.lo]
+        self._blocks = array("q")  # the previous window's, freed before the next is built
+        permutation = np.random.default_rng(seed).permutation(int(sizes.sum()))
+        permutation += shift[permutation]
+        del shift
+        self._blocks.frombytes(permutation.data.cast("B"))
         self._lo = self.window_start(index)
         self._hi = self.window_ends[index]
 
@@ -129,13 +151,40 @@ class LegacyOrder:
         return self._blocks[position]
 
 
-EpochOrder = SequentialOrder | WindowedOrder | LegacyOrder
+class SlicedOrder:
+    """One epoch cut into node slices along its chunk order (``slices.py``), each shuffled in windows of its own;
+    only the slices a process reads are built."""
+
+    def __init__(self, chunk_blocks: Sequence[int], ordering: Ordering, shard_id: str, epoch: int, bounds: Sequence[int]) -> None:
+        self._make = lambda lo, hi: WindowedOrder(chunk_blocks, ordering, shard_id, epoch, lo, hi)
+        self.bounds = list(bounds)
+        self._slices: dict[int, WindowedOrder] = {}
+
+    def slice_at(self, position: int) -> tuple[WindowedOrder, int]:
+        """The slice holding ``position`` and its first position."""
+        node = bisect.bisect_right(self.bounds, position) - 1
+        if node not in self._slices:
+            self._slices[node] = self._make(self.bounds[node], self.bounds[node + 1])
+        return self._slices[node], self.bounds[node]
+
+    def block(self, position: int) -> int:
+        order, first = self.slice_at(position)
+        return order.block(position - first)
 
 
-def epoch_order(chunk_blocks: Sequence[int], ordering: Ordering | None, shard_id: str, epoch: int) -> EpochOrder:
-    """Epoch ``epoch`` of a source whose chunks hold ``chunk_blocks`` blocks; ``ordering`` None: unshuffled."""
+EpochOrder = SequentialOrder | WindowedOrder | SlicedOrder | LegacyOrder
+
+
+def epoch_order(
+    chunk_blocks: Sequence[int], ordering: Ordering | None, shard_id: str, epoch: int, bounds: Sequence[int] | None = None
+) -> EpochOrder:
+    """Epoch ``epoch`` of a source whose chunks hold ``chunk_blocks`` blocks; ``ordering`` None: unshuffled.
+    ``bounds``: the node slices of the epoch (``slices.slice_bounds``), for a run on several nodes. Unshuffled and
+    version-2 epochs are read as they are (a node's slice of them is a range of their positions)."""
     if ordering is None:
         return SequentialOrder()
     if ordering.window == LEGACY_WINDOW:
         return LegacyOrder(chunk_blocks, ordering.seed, shard_id, epoch)
+    if bounds is not None and len(bounds) > 2:
+        return SlicedOrder(chunk_blocks, ordering, shard_id, epoch, bounds)
     return WindowedOrder(chunk_blocks, ordering, shard_id, epoch)

@@ -11,13 +11,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sharded_mix.mixing.cursor import entry_split, split_entry
+from sharded_mix.mixing.slices import Split, Topology, reslice
 from sharded_mix.shards import Shard
 
-STATE_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
-"""Version 4 adds a fingerprint per source and orders epochs with all 64 bits of the seed; version 3
-ordered them by shuffle windows (``orders.py``); an epoch a version 1 or 2 checkpoint started
-finishes in the order of those versions."""
+STATE_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
+"""Version 5 records the number of nodes (each reads its slice of every epoch, ``slices.py``) and the split
+of an epoch that a resume on another topology re-sliced; earlier versions ran on one node. Version 4
+adds a fingerprint per source and orders epochs with all 64 bits of the seed; version 3 ordered them by
+shuffle windows (``orders.py``); an epoch a version 1 or 2 checkpoint started finishes in the order of
+those versions."""
 SEED_BITS_BEFORE_V4 = 0xFFFFFFFF
 """Versions 1 to 3 ordered epochs with the low 32 bits of the seed."""
 
@@ -64,9 +68,29 @@ def _check_entry(entry: object, where: str) -> None:
                 raise _fault(f"{where}.{key}", pin, f"a mapping with {', '.join(fields)}")
             for name in fields:
                 _whole(pin, name, f"{where}.{key}.")
+    if "split" in entry:
+        _check_split(entry["split"], entry["blocks"], f"{where}.split")
     fingerprint = entry.get("fingerprint")
     if fingerprint is not None and not (isinstance(fingerprint, Mapping) and isinstance(fingerprint.get("hash"), str)):
         raise _fault(f"{where}.fingerprint", fingerprint, "a mapping with the shard's content hash, chunks and tokens")
+
+
+def _check_split(split: object, blocks: int, where: str) -> None:
+    if not isinstance(split, Mapping):
+        raise _fault(where, split, "a mapping with epoch, world_size, nodes, start and intervals")
+    for name in ("epoch", "start"):
+        _whole(split, name, f"{where}.")
+    for name in ("world_size", "nodes"):
+        _whole(split, name, f"{where}.", minimum=1)
+    if split["world_size"] % split["nodes"]:
+        raise _fault(f"{where}.nodes", split["nodes"], f"a divisor of its world_size {split['world_size']}")
+    intervals = split.get("intervals")
+    ordered = isinstance(intervals, list) and all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in pair) and 0 <= pair[0] < pair[1] <= blocks
+        for pair in intervals
+    )
+    if not ordered or sum(hi - lo for lo, hi in intervals) != (split["epoch"] + 1) * blocks - split["start"]:
+        raise _fault(f"{where}.intervals", intervals, f"[lo, hi] pairs inside the epoch's {blocks} blocks covering the draws left in it")
 
 
 def validate_state(state: object) -> None:
@@ -86,6 +110,9 @@ def validate_state(state: object) -> None:
     _whole(state, "seed", "")
     _whole(state, "block_size", "", minimum=2)
     _whole(state, "world_size", "", minimum=1)
+    _whole(state, "nodes", "", minimum=1, required=False)
+    if state["world_size"] % state.get("nodes", 1):
+        raise _fault("nodes", state["nodes"], f"a divisor of world_size {state['world_size']}")
     _whole(state, "batch_size", "", minimum=1, required=False)
     _whole(state, "shuffle_window", "", minimum=1, required=False)
     sources, taken, weights = _mapping(state, "sources"), _mapping(state, "taken"), _mapping(state, "weights")
@@ -202,6 +229,7 @@ def apply_data_change(state: Mapping, changes: list[DataChange], shards: Mapping
             entry["draws"] = 0
             entry.pop("pinned_order", None)
             entry.pop("pinned_seed", None)
+            entry.pop("split", None)
     if policy == "restart":
         cost = "each starts over from its first block; the blocks it had given may be trained on again"
     else:
@@ -222,3 +250,31 @@ def with_full_seeds(state: Mapping) -> Mapping:
             for source, entry in state.get(group, {}).items()
         }
     return upgraded
+
+
+def state_topology(state: Mapping) -> Topology:
+    """The topology a checkpoint ran on (before version 5: one node)."""
+    return Topology(state["world_size"], state.get("nodes", 1))
+
+
+def resliced(state: Mapping, topology: Topology) -> Mapping:
+    """The state to resume on ``topology``: when the node layout changed, each source in the middle of an epoch
+    (in the blend or set aside) has the rest of that epoch shared out among the new nodes (``slices.reslice``), so
+    nothing is read twice or skipped. One node before and after needs nothing: the epoch is not sliced."""
+    old = state_topology(state)
+    if old == topology or old.nodes == topology.nodes == 1:
+        return state
+    moved = dict(state, nodes=topology.nodes)
+    for group in ("sources", "dropped"):
+        moved[group] = {source: dict(entry) for source, entry in state.get(group, {}).items()}
+        for entry in moved[group].values():
+            blocks = entry["blocks"]
+            epoch, offset = divmod(entry["draws"], blocks)
+            split = entry_split(entry["split"]) if "split" in entry else None
+            if not offset:
+                entry.pop("split", None)
+                continue
+            if split is None or split.epoch != epoch:
+                split = Split.whole(old, epoch, blocks)
+            entry["split"] = split_entry(reslice(split, old, entry["draws"], topology, blocks))
+    return moved

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from sharded_mix.mixing.orders import LEGACY_WINDOW, Ordering
+from sharded_mix.mixing.slices import Split
 
 Pin = tuple[int, Ordering]
 """``(epoch, ordering)``: that epoch of the source keeps that ordering, whatever the run's is."""
@@ -28,6 +29,8 @@ class SourcePosition:
     pin: Pin | None = None
     block_size: int = 0
     """Tokens per block the draws count (0: not recorded)."""
+    split: Split | None = None
+    """How the nodes share the rest of the epoch in progress, when a resume on another topology re-sliced it."""
 
     @property
     def epoch(self) -> int:
@@ -39,10 +42,13 @@ class SourcePosition:
         return self.draws % self.blocks
 
     def settled(self, ordering: Ordering) -> SourcePosition:
-        """Drop a pin that no longer matters: its epoch is over, or it names ``ordering``, the one in force."""
+        """Drop a pin or split that no longer matters: its epoch is over, or the pin names ``ordering``, the one in force."""
+        settled = self
         if self.pin is not None and (self.pin[0] != self.epoch or self.offset == 0 or self.pin[1] == ordering):
-            return replace(self, pin=None)
-        return self
+            settled = replace(settled, pin=None)
+        if self.split is not None and (self.split.epoch != self.epoch or self.offset == 0):
+            settled = replace(settled, split=None)
+        return settled
 
     def pinned(self, ordering: Ordering) -> SourcePosition:
         """Keep the order of the epoch in progress, which ``ordering`` (or an earlier pin) chose."""
@@ -139,6 +145,8 @@ def format_transition(
         note = STATUS_NOTES[row.status]
         if row.position.pin is not None:
             note = "; ".join(filter(None, [note, pin_note(row.position.pin)]))
+        if row.position.split is not None:
+            note = "; ".join(filter(None, [note, row.position.split.describe()]))
         lines.append(f"{row.id:<14} {old:>11} {new:>11}  {row.status:<10} {row.position.epoch:>6} {where:>20}  {note}".rstrip())
     return "\n".join(lines)
 

@@ -24,7 +24,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from sharded_mix.mixing.orders import EpochOrder, Ordering, WindowedOrder, chunk_block_starts, epoch_order
+from sharded_mix.mixing.orders import EpochOrder, Ordering, SlicedOrder, WindowedOrder, chunk_block_starts, epoch_order
+from sharded_mix.mixing.slices import NodeShares, Split, Topology, slice_bounds
 from sharded_mix.mixing.transition import Pin
 from sharded_mix.shards import Shard, chunk_header_bytes
 from sharded_mix.streaming.cache import ChunkCache
@@ -81,22 +82,36 @@ class ChunkMaps:
 
 
 class SourceReader:
-    """Reads the blocks of one shard in its epoch orders; files are opened on the first read."""
+    """Reads the blocks of one shard in its epoch orders; files are opened on the first read.
+
+    On several nodes, the process reads only its node's slice of each epoch (``slices.py``): ``topology`` is the
+    run's, ``node`` this process's, and ``split`` the epoch a resume on another topology re-sliced, if any."""
 
     def __init__(
-        self, shard: Shard, block_size: int, ordering: Ordering | None, maps: ChunkMaps, pin: Pin | None = None, read_ahead: int = 0
+        self,
+        shard: Shard,
+        block_size: int,
+        ordering: Ordering | None,
+        maps: ChunkMaps,
+        pin: Pin | None = None,
+        read_ahead: int = 0,
+        topology: Topology = Topology(1),
+        node: int = 0,
+        split: Split | None = None,
     ) -> None:
         self.shard = shard
         self.block_size = block_size
         self.ordering = ordering  # None: unshuffled
         self.maps = maps
         self.pin = pin  # (epoch, ordering): that epoch keeps the ordering it started with
+        self.topology, self.node, self.split = topology, node, split
         self.chunk_blocks = [tokens // block_size for tokens in shard.chunk_tokens]
         self.chunk_starts = chunk_block_starts(self.chunk_blocks).tolist()
         self.blocks = self.chunk_starts[-1]
         self._dataset = None  # litdata's, for shards that are not plain token shards
         self._epoch: int | None = None
         self._order: EpochOrder | None = None
+        self._shares: NodeShares | None = None  # None: the epoch is not sliced (one node)
         self.read_ahead = read_ahead if is_url(shard.path) and shard.plain_tokens else 0
         """Chunks of a remote shard to download ahead of the reads, in the order the epoch reads them."""
         self._ahead = (-1, -1)  # (epoch, position): read-ahead was asked up to the window starting there
@@ -104,31 +119,46 @@ class SourceReader:
     def _ordering(self, epoch: int) -> Ordering | None:
         return self.pin[1] if self.ordering is not None and self.pin is not None and self.pin[0] == epoch else self.ordering
 
+    def _epoch_order(self, epoch: int) -> tuple[EpochOrder, NodeShares | None]:
+        """Epoch ``epoch``'s order and, on several nodes or after a re-slice, which of its positions each node reads."""
+        split = self.split if self.split is not None and self.split.epoch == epoch else None
+        if split is None and self.topology.nodes == 1:
+            return epoch_order(self.chunk_blocks, self._ordering(epoch), self.shard.id, epoch), None
+        split = split or Split.whole(self.topology, epoch, self.blocks)
+        bounds = slice_bounds(split.base, epoch, self.blocks)
+        return epoch_order(self.chunk_blocks, self._ordering(epoch), self.shard.id, epoch, bounds), NodeShares(split, self.topology, self.blocks)
+
     def locate(self, draw: int) -> tuple[int, int]:
-        """``(epoch, block index)`` of the source's ``draw``-th block."""
+        """``(epoch, block index)`` of the source's ``draw``-th block (counted over all ranks)."""
         epoch, position = divmod(draw, self.blocks)
         if epoch != self._epoch:
-            self._order = epoch_order(self.chunk_blocks, self._ordering(epoch), self.shard.id, epoch)
+            self._order, self._shares = self._epoch_order(epoch)
             self._epoch = epoch
+        if self._shares is not None:
+            position = self._shares.position(self.node, draw)
         if self.read_ahead and (epoch, position) >= self._ahead:
             self._read_ahead(epoch, position)
         return epoch, self._order.block(position)
 
     def _read_ahead(self, epoch: int, position: int) -> None:
-        """Ask the cache for the chunks of the current window and the next ones, up to ``read_ahead`` chunks past
-        it, spilling into the next epoch's first windows; asked again when the next window starts."""
-        order = self._order
-        if not isinstance(order, WindowedOrder):  # an unshuffled or version-2 epoch: chunks are fetched as read
+        """Ask the cache for the chunks of the current window and the next ones of this node's slice, up to
+        ``read_ahead`` chunks past it, spilling into the node's first windows of the next epoch; asked again when
+        the next window starts."""
+        if not isinstance(self._order, (WindowedOrder, SlicedOrder)):  # unshuffled or version 2: fetched as read
             self._ahead = (epoch + 1, -1)
             return
-        window = order.window_of(position)
-        chunks = order.chunks_from(window, order.window + self.read_ahead)
-        if len(chunks) < order.window + self.read_ahead:
-            following = epoch_order(self.chunk_blocks, self._ordering(epoch + 1), self.shard.id, epoch + 1)
-            if isinstance(following, WindowedOrder):
-                chunks += following.chunks_from(0, order.window + self.read_ahead - len(chunks))
+        order, first = self._order.slice_at(position)
+        window = order.window_of(position - first)
+        wanted = order.window + self.read_ahead
+        chunks = order.chunks_from(window, wanted)
+        if len(chunks) < wanted:
+            following, shares = self._epoch_order(epoch + 1)
+            if isinstance(following, (WindowedOrder, SlicedOrder)):
+                if shares is None or shares.first[self.node] < shares.first[self.node + 1]:
+                    start = shares.at(shares.first[self.node]) if shares is not None else 0
+                    chunks += following.slice_at(start)[0].chunks_from(0, wanted - len(chunks))
         self.maps.cache.prefetch(self.shard, chunks)
-        self._ahead = (epoch, order.window_ends[window])
+        self._ahead = (epoch, first + order.window_ends[window])
 
     @property
     def direct(self) -> bool:

@@ -4,8 +4,10 @@ Training: we own the index (design 2 of ARCHITECTURE.md) and read blocks in litd
 The k-th sample of a rank comes from the source its stage's ``Blender`` picks for k; that
 source's draw number, counted over all ranks, names the block through its epoch order
 (``orders.py``: O(chunks) per epoch, only the shuffle window in use is materialised), read from
-the chunk files (``sources.py``). Every rank runs the same blend, so rank r takes draws r,
-r + world, r + 2·world, ... of each source: ranks are disjoint and together follow the blend. DataLoader
+the chunk files (``sources.py``). Every rank runs the same blend, so in each round of draws of a source,
+rank r takes the one congruent to r modulo the world size: ranks are disjoint and together follow the
+blend. On several nodes each node reads its own contiguous slice of every epoch (``slices.py``), so it
+touches about 1/nodes of the chunks; with one node the order is the whole epoch's. DataLoader
 workers take whole batches in turn (batch j → worker j mod workers), which is the order torch's
 DataLoader returns them in; each batch travels with the blend indices of its sources, so the
 loader in the main process advances its ``Cursor`` (``cursor.py``) without running the blend
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -31,21 +32,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sharded_mix.mixing.cursor import Cursor, StreamStage, saved_ordering
 from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW
-from sharded_mix.mixing.state import STATE_VERSION, apply_data_change, data_changes, fingerprint, samples_on, validate_state, with_full_seeds
+from sharded_mix.mixing.slices import Topology
+from sharded_mix.mixing.state import (
+    STATE_VERSION, apply_data_change, data_changes, fingerprint, resliced, samples_on, state_topology, validate_state, with_full_seeds,
+)
 from sharded_mix.mixing.transition import format_transition
 from sharded_mix.shards import Shard
 from sharded_mix.streaming.cache import ChunkCache
+from sharded_mix.streaming.distributed import distributed_rank_world
 from sharded_mix.streaming.sources import ChunkMaps, SourceReader
 from sharded_mix.streaming.storage import is_url
 
 logger = logging.getLogger(__name__)
-
-
-def distributed_rank_world() -> tuple[int, int]:
-    """This process's rank and the world size (torch.distributed if initialised, else the environment)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def stream_stage(
@@ -80,6 +78,7 @@ class MixtureStream(IterableDataset):
         world_size: int = 1,
         cache: ChunkCache | None = None,
         prefetch_chunks: int = 0,
+        nodes: int = 1,
     ) -> None:
         used = {source for stage in stages for source in stage.weights}
         self.shards = {shard.id: shard for shard in shards if shard.id in used}
@@ -88,6 +87,8 @@ class MixtureStream(IterableDataset):
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
+        self.topology = Topology(world_size, nodes)
+        self.node = self.topology.node_of(rank)
         self.cache = cache
         self.prefetch_chunks = prefetch_chunks
         late = [stage.name for stage in self.stages if stage.start % batch_size]
@@ -110,7 +111,7 @@ class MixtureStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         cursor, maps = self.cursor, ChunkMaps(self.dtype, self._max_open_maps(), self.cache)
         readers = self._readers(cursor, maps)
-        offset = self.rank - self.world_size  # this rank's draw is the global count before the sample, plus its rank
+        rank, world = self.rank, self.world_size
         batch = 0
         while True:
             if cursor.due():
@@ -124,7 +125,8 @@ class MixtureStream(IterableDataset):
                 sources = []
                 for row in range(self.batch_size):
                     index = cursor.next_source()
-                    readers[index].read_into(cursor.draws(index) + offset, rows[row])
+                    before = cursor.draws(index) - world  # this round's draws are before … before + world - 1
+                    readers[index].read_into(before + (rank - before) % world, rows[row])
                     sources.append(index)
                 yield rows, tuple(sources)
             batch += 1
@@ -134,7 +136,7 @@ class MixtureStream(IterableDataset):
         return [
             SourceReader(
                 self.shards[source], stage.block_size, stage.ordering if self.shuffle else None, maps, cursor.pins.get(source),
-                self.prefetch_chunks,
+                self.prefetch_chunks, self.topology, self.node, cursor.splits.get(source),
             )
             for source in cursor.ids
         ]
@@ -232,7 +234,10 @@ class MixtureLoader(DataLoader):
 
     def state_dict(self) -> dict:
         stream: MixtureStream = self.dataset
-        state = {"version": STATE_VERSION, **self.cursor.state(), "batch_size": stream.batch_size, "world_size": stream.world_size}
+        state = {
+            "version": STATE_VERSION, **self.cursor.state(), "batch_size": stream.batch_size, "world_size": stream.world_size,
+            "nodes": stream.topology.nodes,
+        }
         for source, entry in [*state["sources"].items(), *state["dropped"].items()]:
             shard = stream.shards.get(source)
             if shard is not None:
@@ -254,6 +259,13 @@ class MixtureLoader(DataLoader):
         self._saved_fingerprints = {
             source: entry["fingerprint"] for source, entry in state.get("dropped", {}).items() if "fingerprint" in entry
         }
+        if state_topology(state) != stream.topology:
+            if rank_zero_only.rank == 0 and (state_topology(state).nodes > 1 or stream.topology.nodes > 1):
+                logger.info(
+                    "resuming data on %s (the checkpoint ran on %s): the rest of each epoch in progress is shared out "
+                    "among the nodes anew, without repeats or skips", stream.topology.describe(), state_topology(state).describe(),
+                )
+            state = resliced(state, stream.topology)
         if state["world_size"] != stream.world_size:
             samples = samples_on(state, stream.world_size)
             if rank_zero_only.rank == 0:
@@ -320,11 +332,12 @@ def staged_loader(
     on_data_change: str = "error",
     cache: ChunkCache | None = None,
     prefetch_chunks: int = 0,
+    nodes: int = 1,
 ) -> MixtureLoader:
     """The training loader for a schedule of stages (starts in samples per rank); remote shards are read through
-    ``cache``, ``prefetch_chunks`` chunks ahead of each source's window."""
+    ``cache``, ``prefetch_chunks`` chunks ahead of each source's window; on ``nodes`` nodes each reads its slices."""
     rank, world_size = distributed_rank_world()
-    stream = MixtureStream(shards, stages, batch_size, shuffle, rank, world_size, cache, prefetch_chunks)
+    stream = MixtureStream(shards, stages, batch_size, shuffle, rank, world_size, cache, prefetch_chunks, nodes)
     return MixtureLoader(stream, num_workers, max_epochs_per_source, on_data_change)
 
 

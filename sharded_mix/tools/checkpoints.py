@@ -170,7 +170,7 @@ def format_data_position(position: dict) -> str:
     state = position["data"]
     lines = [
         f"checkpoint {position['checkpoint']}: iter_num {position['iter_num']}, step_count {position['step_count']}",
-        f"{state['samples']:,} samples per rank on {state['world_size']} rank(s), blocks of {state['block_size']} tokens, {saved_ordering(state).describe()}",
+        f"{state['samples']:,} samples per rank on {state['world_size']} rank(s) on {state.get('nodes', 1)} node(s), blocks of {state['block_size']} tokens, {saved_ordering(state).describe()}",
     ]
     trained = (position["iter_num"] or 0) * state.get("batch_size", 0)
     if 0 < trained < state["samples"]:
@@ -183,9 +183,11 @@ def format_data_position(position: dict) -> str:
     entries = [(source, entry, f"{state['weights'][source]:.4f}", "") for source, entry in sorted(state["sources"].items())]
     entries += [(source, entry, "-", "dropped by a later blend") for source, entry in sorted(state.get("dropped", {}).items())]
     for source, entry, weight, note in entries:
-        pin = entry_position(entry, state["block_size"]).pin
-        if pin is not None:
-            note = "; ".join(filter(None, [note, pin_note(pin)]))
+        position = entry_position(entry, state["block_size"])
+        if position.pin is not None:
+            note = "; ".join(filter(None, [note, pin_note(position.pin)]))
+        if position.split is not None:
+            note = "; ".join(filter(None, [note, position.split.describe()]))
         where = f"{entry['position']:,} / {entry['blocks']:,}"
         lines.append(f"{source:<14} {weight:>8} {entry['epoch']:>6} {where:>20} {entry['draws']:>14,} {entry['tokens']:>16,}  {note}".rstrip())
     return "\n".join(lines)
