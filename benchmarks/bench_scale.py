@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from common import child_pids, data_root, log, machine_info, machine_lines, peak_rss_mib, time_batches, verdict  # noqa: E402
+from common import child_pids, data_root, log, machine_info, machine_lines, peak_rss_mib, report, time_batches, verdict  # noqa: E402
 from sharded_mix import ShardedMixedDataset  # noqa: E402  (imported before any timing)
 from sharded_mix.mixing.orders import Ordering, WindowedOrder  # noqa: E402
 from sharded_mix.tools.fake_shards import write_sparse_token_shard  # noqa: E402
@@ -170,7 +170,7 @@ def run_child(args: list[str]) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def report(results: dict, args) -> list[str]:
+def result_lines(results: dict, args) -> list[str]:
     lines = machine_lines(results["machine"])
     lines.append(
         f"data: blend {MIX} over main/1, main/2, c1, m1 (40/40/15/5% of the tokens), uint16 chunks of {CHUNK_TOKENS:,} tokens, "
@@ -217,7 +217,6 @@ def report(results: dict, args) -> list[str]:
             )
     crossing = results["scales"][large]["crossing"]["crossing_batch_ms"] - results["scales"][large]["crossing"]["median_batch_ms"]
     lines.append(f"| epoch crossing at {large} (crossing batch - median batch) | {crossing:.2f} ms | <= {TARGET_CROSSING_MS:g} ms | {verdict(crossing <= TARGET_CROSSING_MS)} |")
-    lines.append(f"\ntotal run time {results['seconds']:.1f} s")
     return lines
 
 
@@ -262,10 +261,7 @@ def main(argv=None) -> dict:
             results["scales"][scale] = per_scale
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - started
-    log("\n".join(["", *report(results, args)]))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    return results
+    return report(results, result_lines(results, args), args.json)
 
 
 if __name__ == "__main__":

@@ -276,7 +276,7 @@ class ShardedMixedDataset(DataModule):
             return data_path, expand_path(self.val_data_path, "val_data_path")
         if is_url(data_path):
             data_path = data_path.rstrip("/")
-            subdirs = set(RemoteDir(data_path, self.storage_options).list_dir()[0])
+            subdirs = set(from_rank_zero(lambda: RemoteDir(data_path, self.storage_options).list_dir()[0]))
             if "train" in subdirs:
                 return join_url(data_path, "train"), join_url(data_path, "val") if "val" in subdirs else None
             return data_path, None

@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import secrets
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -21,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sharded_mix.shards import INDEX_FILE
 from sharded_mix.streaming.storage import RemoteDir
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 CACHE_DIR_VARIABLE = "SHARDED_MIX_CACHE_DIR"
 PREFETCH_THREADS = 4
-INDEX_FILE = "index.json"
 
 
 def default_cache_dir() -> Path:
@@ -179,14 +178,5 @@ class ChunkCache:
         for chunk in range(shard.chunks):
             self.chunk_file(shard, chunk)
         directory = self.shard_dir(shard)
-        directory.mkdir(parents=True, exist_ok=True)
-        content = self.remote_dir(shard.path).read_bytes(INDEX_FILE)
-        temporary = directory / f".{INDEX_FILE}.{os.getpid()}-{secrets.token_hex(4)}.part"
-        try:
-            temporary.write_bytes(content)
-            os.replace(temporary, directory / INDEX_FILE)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+        self.remote_dir(shard.path).download(INDEX_FILE, directory / INDEX_FILE)  # atomic, and last: a complete copy
         return str(directory)

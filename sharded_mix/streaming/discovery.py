@@ -164,8 +164,7 @@ def _entry_problem(path: str) -> str | None:
         os.stat(path)
     except OSError as err:
         if os.path.islink(path):
-            what = "a symlink loop" if err.errno == errno.ELOOP else f"a dangling symlink to {os.readlink(path)!r}"
-            return f"{what}"
+            return "a symlink loop" if err.errno == errno.ELOOP else f"a dangling symlink to {os.readlink(path)!r}"
         return f"cannot be read ({err.strerror})"
     if not os.path.isdir(path):
         return "not a directory"

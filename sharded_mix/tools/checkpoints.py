@@ -16,17 +16,17 @@ CHECKPOINT_FILE = "lit_model.pth"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
+def _step_entries(out_dir: Path) -> dict[int, Path]:
+    """Every entry of ``out_dir`` named ``step-NNNNNNNN``, by step, in step order."""
+    return dict(sorted((int(match.group(1)), entry) for entry in out_dir.iterdir() if (match := _STEP_DIR.match(entry.name))))
+
+
 def checkpoint_steps(out_dir: str | Path) -> dict[int, Path]:
     """The ``step-NNNNNNNN`` directories of a LitGPT ``out_dir`` that hold a checkpoint, by step."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise ValueError(f"{str(out_dir)!r} is not a directory; give the out_dir of a litgpt pretrain run.")
-    steps = {}
-    for entry in out_dir.iterdir():
-        match = _STEP_DIR.match(entry.name)
-        if match and (entry / CHECKPOINT_FILE).is_file():
-            steps[int(match.group(1))] = entry
-    return dict(sorted(steps.items()))
+    return {step: entry for step, entry in _step_entries(out_dir).items() if (entry / CHECKPOINT_FILE).is_file()}
 
 
 _ZIP_LOCAL_HEADER = 30
@@ -72,12 +72,9 @@ def newest_loadable_checkpoint(out_dir: str | Path) -> tuple[Path | None, list[t
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return None, []
-    steps = sorted(
-        ((int(match.group(1)), entry) for entry in out_dir.iterdir() if (match := _STEP_DIR.match(entry.name)) and (entry.is_dir() or entry.is_symlink())),
-        reverse=True,
-    )
+    steps = [entry for entry in _step_entries(out_dir).values() if entry.is_dir() or entry.is_symlink()]
     skipped = []
-    for _, directory in steps:
+    for directory in reversed(steps):
         checkpoint = directory / CHECKPOINT_FILE
         problem = checkpoint_file_problem(checkpoint)
         if problem is None:
