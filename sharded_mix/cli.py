@@ -154,6 +154,10 @@ def _add_plan(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", type=Path, help="the YAML to plan")
     p.add_argument("--max-tokens", type=int, default=None, help="the run's length in tokens (default: train.max_tokens)")
+    p.add_argument(
+        "--resume-step", type=int, default=None,
+        help="the step the run resumes at (default: the step-N of the config's resume path, else 0)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan rows as JSON")
     p.add_argument("--plot", type=Path, default=None, help="also save a plot of weight per source over steps (needs matplotlib)")
     p.set_defaults(func=_run_plan)
@@ -173,13 +177,16 @@ def _run_plan(args: argparse.Namespace) -> int:
     for logger in quiet:  # the plan below says it all; setup's own log lines would repeat it
         logger.setLevel(logging.WARNING)
     try:
+        if sizes.global_batch_size is not None:
+            init_args.setdefault("global_batch_size", sizes.global_batch_size)  # LitGPT would pass train's
         data = ShardedMixedDataset(**init_args)
         data.connect(batch_size=sizes.micro_batch_size, max_seq_length=sizes.max_seq_length)
         data.setup()
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
-    rows = data.plan(args.max_tokens if args.max_tokens is not None else sizes.max_tokens)
+    resume_step = args.resume_step if args.resume_step is not None else sizes.resume_step
+    rows = data.plan(args.max_tokens if args.max_tokens is not None else sizes.max_tokens, resume_step)
     if args.json:
         print(json.dumps([asdict(row) for row in rows], indent=2))
     else:
@@ -319,6 +326,77 @@ def _run_val_loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="generate LitGPT configs and per-phase config lists from a grid spec",
+        description="Expand SPEC (a sweep YAML: defaults, models, experiments; see sharded_mix/tools/sweep.py) into one "
+        "`litgpt pretrain` config per model and run, <model>/<run>.yaml, and one config list per phase (pretrain.txt, "
+        "midtrain.txt, decay.txt) for training_scripts/submit.sh. Generated files the spec no longer has are removed.",
+    )
+    p.add_argument("spec", type=Path, help="the sweep spec, e.g. midtrain_configs/paper/sweep.yaml")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default: the spec's folder)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 listing the files that differ from what SPEC generates")
+    p.set_defaults(func=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from sharded_mix.tools.sweep import compare_sweep, expand_sweep, format_counts, load_spec, sweep_files, write_sweep
+
+    out = args.out if args.out is not None else args.spec.parent
+    runs = expand_sweep(load_spec(args.spec), spec_name=args.spec.name)
+    files = sweep_files(runs)
+    if args.check:
+        problems = compare_sweep(files, out)
+        for problem in problems:
+            print(problem)
+        if problems:
+            print(f"{len(problems)} file(s) under {out} differ from what {args.spec} generates; run `sharded-mix sweep {args.spec}`.")
+            return 1
+        print(f"up to date: {format_counts(runs)} under {out}")
+        return 0
+    counts = write_sweep(files, out)
+    lists = ", ".join(str(out / file) for file in files if file.endswith(".txt"))
+    print(f"{format_counts(runs)}; under {out}: {counts['written']} written, {counts['unchanged']} unchanged, {counts['removed']} removed")
+    print(f"config lists: {lists}")
+    return 0
+
+
+def _add_convert_config(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "convert-config",
+        help="rewrite a reference-fork litgpt pretrain config for upstream litgpt and sharded_mix",
+        description="Rewrite REF, a `litgpt pretrain` config of the reference litgpt fork, for upstream litgpt: its "
+        "ShardedMixedDataset becomes sharded_mix.ShardedMixedDataset, train.max_additional_steps / max_iters become the "
+        "data's stop_after_steps / stop_at_step, train.lr_scheduler becomes sharded_mix.training.ScheduledAdamW's "
+        "schedule, and keys upstream does not take are removed. Prints the converted YAML (or writes it to -o), then "
+        "what changed, one line a change.",
+    )
+    p.add_argument("ref", type=Path, metavar="REF.yaml", help="the reference config")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="OUT.yaml", help="write the converted config here (default: stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing OUT.yaml")
+    p.add_argument("--devices", type=int, default=None, help="GPUs per node of the reference run, when REF does not set devices "
+                   "(the fork's train.max_iters counts micro-batches per GPU)")
+    p.set_defaults(func=_run_convert_config)
+
+
+def _run_convert_config(args: argparse.Namespace) -> int:
+    from sharded_mix.tools.convert_config import convert_config_file, write_converted_config
+
+    if args.output is None:
+        text, notes = convert_config_file(args.ref, devices=args.devices)
+        print(text, end="", flush=True)
+        stream = sys.stderr
+    else:
+        notes = write_converted_config(args.ref, args.output, force=args.force, devices=args.devices)
+        stream = sys.stdout
+        print(f"wrote {args.output}")
+    print(f"what changed ({len(notes)}):" if notes else "what changed: nothing", file=stream)
+    for note in notes:
+        print(f"  - {note}", file=stream)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sharded-mix", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -329,9 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_position(subparsers)
     _add_resume_checkpoint(subparsers)
     _add_plan(subparsers)
+    _add_convert_config(subparsers)
     _add_inspect(subparsers)
     _add_link(subparsers)
     _add_merge(subparsers)
+    _add_sweep(subparsers)
     _add_val_loss(subparsers)
     return parser
 

@@ -58,6 +58,16 @@ class RunSizes:
     max_seq_length: int
     max_tokens: int | None
     global_batch_size: int | None
+    resume_step: int = 0
+    """The step of the checkpoint the config's ``resume`` names (``.../step-00040000/lit_model.pth``), else 0."""
+
+
+def checkpoint_step(resume: object) -> int:
+    """The step in a ``resume`` path's ``step-N`` directory; 0 for none, ``auto``, true or false."""
+    import re
+
+    match = re.search(r"step-(\d+)", str(resume)) if isinstance(resume, str) else None
+    return int(match.group(1)) if match else 0
 
 
 def load_run_config(path: str | Path) -> tuple[dict, RunSizes]:
@@ -102,5 +112,6 @@ def load_run_config(path: str | Path) -> tuple[dict, RunSizes]:
         train.get("micro_batch_size") or LITGPT_MICRO_BATCH_SIZE,
         max_seq_length or LITGPT_MAX_SEQ_LENGTH,
         train.get("max_tokens"),
-        data_global,
+        data_global if data_global is not None else train_global,
+        checkpoint_step(config.get("resume")),
     )

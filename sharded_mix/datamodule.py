@@ -27,8 +27,13 @@ from sharded_mix.streaming.discovery import discover_shards
 from sharded_mix.streaming.storage import RemoteDir, is_url, join_url
 from sharded_mix.streaming.distributed import check_node_layout, distributed_rank_world, from_rank_zero, launcher_nodes
 from sharded_mix.streaming.stream import staged_loader, stream_stage, validation_loader
+from sharded_mix.training.stage_steps import publish_stage_steps
+from sharded_mix.training.stop import StopRule, finished_at
 
 logger = logging.getLogger(__name__)
+
+REFERENCE_ONLY_ARGS = ("val_split_fraction", "fast_dev_run", "data_split", "dataset_name", "num_samples", "num_val_samples")
+"""Init args of the reference implementation's data module that only its download helper read."""
 
 
 def expand_path(value: str | Path, field_name: str) -> str:
@@ -69,6 +74,26 @@ def calling_fabric_nodes() -> int | None:
 
     fabric = calling_local("fabric", Fabric)
     return getattr(getattr(fabric, "strategy", None), "num_nodes", None) if fabric is not None else None
+
+
+def calling_out_dir() -> Path | None:
+    """``out_dir`` of the ``litgpt pretrain`` run calling ``connect``, or None."""
+    return calling_local("out_dir", Path)
+
+
+def final_checkpoint_state(out_dir: Path) -> dict | None:
+    """``step_count`` and the data state of ``out_dir/final/lit_model.pth`` (memory-mapped: no tensor is read), or None."""
+    import torch
+
+    path = out_dir / "final" / "lit_model.pth"
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:  # a half-written final/ is not a finished run
+        logger.warning("cannot read %s (%s); treating the run as not finished", path, err)
+        return None
+    return {key: checkpoint.get(key) for key in ("step_count", "train_dataloader")}
 
 
 def log_rank_zero(message: str, *args) -> None:
@@ -178,7 +203,31 @@ class ShardedMixedDataset(DataModule):
     """Or: the anneal starts after this many tokens."""
     anneal_weights: str | None = None
     """The anneal blend, in the top level's form (shard ids if ``literal_weights_str`` is used, else types)."""
+    stop_at_step: int | None = None
+    """End the training stream after this optimizer step (LitGPT then validates and writes ``final/``), without
+    touching ``max_tokens`` or the LR schedule. A relaunch after ``final/`` holds that step exits at once."""
+    stop_after_steps: int | None = None
+    """Or: end it this many steps after the step the run first resumed at (step 0 for a fresh run), as the reference
+    fork's ``max_additional_steps``, without editing the config: relaunches from the run's own checkpoints keep the
+    first resume's step (kept in the data state with ``out_dir``)."""
+    restart_data_on_resume: bool = False
+    """The reference implementation's behaviour: at every resume each source starts over from its first block (blocks
+    already trained on come again; the blend and stages keep their steps). Default: continue exactly."""
+    val_split_fraction: float | None = None
+    """Reference configs only: accepted, no effect (a WARNING names it)."""
+    fast_dev_run: bool | int | None = None
+    """Reference configs only: accepted, no effect."""
+    data_split: str | None = None
+    """Reference configs only: accepted, no effect."""
+    dataset_name: str | None = None
+    """Reference configs only: accepted, no effect."""
+    num_samples: int | None = None
+    """Reference configs only: accepted, no effect."""
+    num_val_samples: int | None = None
+    """Reference configs only: accepted, no effect."""
     _fabric_nodes: int | None = field(init=False, repr=False, default=None)
+    _run: str | None = field(init=False, repr=False, default=None)
+    stop_rule: StopRule = field(init=False, repr=False, default_factory=StopRule)
 
     batch_size: int = field(init=False, repr=False, default=1)
     seq_length: int = field(init=False, repr=False, default=2049)
@@ -239,12 +288,22 @@ class ShardedMixedDataset(DataModule):
                 raise ValueError(f"stage {stage.name!r}: {err}") from None
         if self.global_batch_size is not None and self.global_batch_size < 1:
             raise ValueError(f"global_batch_size is {self.global_batch_size}; set it to train.global_batch_size.")
+        self.stop_rule = StopRule(self.stop_at_step, self.stop_after_steps)
+        ignored = [name for name in REFERENCE_ONLY_ARGS if getattr(self, name) is not None]
+        if ignored:
+            logger.warning(
+                "data init_args %s are accepted for reference configs but have no effect here (the reference's download "
+                "helper read them); drop them, or run `sharded-mix convert-config` on the config.", ", ".join(ignored),
+            )
 
     def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size (train.micro_batch_size) is {batch_size!r}; use a whole number >= 1.")
-        self._adopt_global_batch_size(calling_train_args())
+        train = calling_train_args()
+        self._adopt_global_batch_size(train)
         self._fabric_nodes = calling_fabric_nodes()
+        out_dir = calling_out_dir()
+        self._run = None if out_dir is None else str(out_dir.resolve())
         self.batch_size = batch_size
         self.seq_length = (max_seq_length if max_seq_length is not None else 2048) + 1
         stage_starts(self.schedule, self.global_batch_size, self.seq_length - 1)  # order, gaps and overlaps, before any I/O
@@ -254,6 +313,44 @@ class ShardedMixedDataset(DataModule):
                     f"stage {stage.name!r}: seq_len {stage.seq_len} is larger than the model's max_seq_length "
                     f"{self.seq_length - 1}; raise train.max_seq_length to at least {stage.seq_len}, or lower the stage's seq_len."
                 )
+        self._check_stop(train)
+        if self.global_batch_size is not None:
+            starts = stage_starts(self.schedule, self.global_batch_size, self.seq_length - 1)
+            publish_stage_steps({stage.name: -(-start // self.global_batch_size) for stage, start in zip(self.schedule, starts)})
+        if out_dir is not None and self.stop_rule.active:
+            self._exit_if_finished(out_dir)
+
+    def _check_stop(self, train) -> None:
+        """A stop step needs the global batch size, and ``train.max_tokens`` must not end the run before it."""
+        rule = self.stop_rule
+        if not rule.active:
+            return
+        name = "stop_at_step" if rule.at_step is not None else "stop_after_steps"
+        if self.global_batch_size is None:
+            raise ValueError(
+                f"{name} is set but the global batch size is unknown (LitGPT does not pass it to data modules); set "
+                "train.global_batch_size, or global_batch_size in the data init_args."
+            )
+        max_tokens = getattr(train, "max_tokens", None)
+        if rule.at_step is not None and max_tokens is not None:
+            needed = rule.at_step * self.global_batch_size * (self.seq_length - 1)
+            if max_tokens < needed:
+                raise ValueError(
+                    f"stop_at_step is {rule.at_step:,} but train.max_tokens {max_tokens:,} ends the run at step "
+                    f"{max_tokens // (self.global_batch_size * (self.seq_length - 1)):,}; raise max_tokens to at least {needed:,} "
+                    f"({rule.at_step:,} steps × {self.global_batch_size} × {self.seq_length - 1} tokens)."
+                )
+
+    def _exit_if_finished(self, out_dir: Path) -> None:
+        """A relaunch of a run whose ``final/`` already holds its stop step does nothing (``final/`` stays as it is)."""
+        final = final_checkpoint_state(out_dir)
+        step = None if final is None else finished_at(self.stop_rule, final, self._run)
+        if step is not None:
+            log_rank_zero(
+                "DATA STOP: %s/final already holds step %d, where this run stops; nothing to do (delete final/ to train it again)",
+                out_dir, step,
+            )
+            raise SystemExit(0)
 
     def _adopt_global_batch_size(self, train) -> None:
         """Take ``train.global_batch_size`` from the LitGPT command connecting us, or refuse one that disagrees."""
@@ -391,15 +488,19 @@ class ShardedMixedDataset(DataModule):
         _check_blocks(chosen, block_size, f"stage {stage.name!r}, data_path {mixture.base!r}", "seq_len + 1")
         return weights
 
-    def plan(self, max_tokens: int | None = None) -> list[StagePlanRow]:
+    def plan(self, max_tokens: int | None = None, resume_step: int = 0) -> list[StagePlanRow]:
         """The stage plan as rows (stage, steps, tokens, source, weight, tokens and epochs); call after ``setup``.
 
-        ``max_tokens`` (``train.max_tokens``) bounds the last stage when it has no end of its own.
+        ``max_tokens`` (``train.max_tokens``) bounds the last stage when it has no end of its own; a stop step
+        ends the run; ``resume_step`` (the step of the checkpoint the run resumes) is where it starts.
         """
         mixture = self._require_setup()
         sizes = {stage.block_size(self.seq_length - 1) for stage in self.schedule}
         source_blocks = {shard.id: {size: shard.blocks(size) for size in sizes} for shard in mixture.shards}
-        return stage_plan_rows(self.schedule, self.stage_weights, source_blocks, self.global_batch_size, self.seq_length - 1, max_tokens)
+        return stage_plan_rows(
+            self.schedule, self.stage_weights, source_blocks, self.global_batch_size, self.seq_length - 1, max_tokens,
+            resume_step, self.stop_rule.stop_step(resume_step),
+        )
 
     def plan_rows(self) -> list[PlanRow]:
         """The training mixture as rows (id, type, tokens, weight, blocks, path); call after ``setup``."""
@@ -425,7 +526,8 @@ class ShardedMixedDataset(DataModule):
         ]
         return staged_loader(
             mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source, self.on_data_change,
-            self.chunk_cache(), self.prefetch_chunks, nodes,
+            self.chunk_cache(), self.prefetch_chunks, nodes, self.stop_rule, self.global_batch_size, self._run,
+            self.restart_data_on_resume,
         )
 
     def node_count(self, rank: int, world_size: int) -> int:

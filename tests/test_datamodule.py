@@ -161,3 +161,14 @@ def test_data_paths_expand_environment_variables(reference_layout, monkeypatch):
 def test_an_unknown_type_in_the_blend_fails_at_construction(tmp_path):
     with pytest.raises(ValueError, match=r"unknown type\(s\) \['maths'\]"):
         ShardedMixedDataset(data_path=tmp_path, mix_weights_str="main:0.8,maths:0.2")
+
+
+def test_reference_only_init_args_are_accepted_with_one_warning(tmp_path, caplog):
+    reference_args = {"val_split_fraction": 0.05, "fast_dev_run": False, "data_split": "train", "dataset_name": "dclm",
+                      "num_samples": 1000, "num_val_samples": 100}
+    with caplog.at_level("WARNING", logger="sharded_mix"):
+        data = ShardedMixedDataset(data_path=tmp_path, mix_weights_str="main:1", **reference_args)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert all(name in warnings[0] for name in reference_args) and "no effect" in warnings[0]
+    assert data.mix_spec == ShardedMixedDataset(data_path=tmp_path, mix_weights_str="main:1").mix_spec

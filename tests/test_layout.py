@@ -30,14 +30,25 @@ MODULES = {module_name(path): imports_of(path) for path in PACKAGE.rglob("*.py")
 
 def test_every_module_has_a_folder_that_says_its_role():
     top = {name for name in MODULES if name.count(".") == 1}
-    assert top == {"sharded_mix.mixing", "sharded_mix.streaming", "sharded_mix.tools", "sharded_mix.datamodule",
-                   "sharded_mix.cli", "sharded_mix.shards", "sharded_mix.config"}
+    assert top == {"sharded_mix.mixing", "sharded_mix.streaming", "sharded_mix.training", "sharded_mix.tools",
+                   "sharded_mix.datamodule", "sharded_mix.cli", "sharded_mix.shards", "sharded_mix.config"}
 
 
 @pytest.mark.parametrize("module", sorted(name for name in MODULES if name.startswith("sharded_mix.mixing.")))
 def test_mixing_is_pure(module):
     allowed = ("sharded_mix.mixing", "sharded_mix.shards")
     assert all(target.startswith(allowed) for target in MODULES[module]), MODULES[module]
+
+
+@pytest.mark.parametrize("module", sorted(name for name in MODULES if name.startswith("sharded_mix.training.")))
+def test_training_imports_only_itself(module):
+    assert all(target.startswith("sharded_mix.training") for target in MODULES[module]), MODULES[module]
+
+
+@pytest.mark.parametrize("module", ["sharded_mix.training.schedules", "sharded_mix.training.stop", "sharded_mix.training.stage_steps"])
+def test_schedules_and_stops_are_pure(module):
+    source = (PACKAGE / "training" / f"{module.rsplit('.', 1)[1]}.py").read_text()
+    assert "import torch" not in source and "open(" not in source
 
 
 @pytest.mark.parametrize("module", ["sharded_mix.shards"])

@@ -287,11 +287,15 @@ def stage_plan_rows(
     global_batch_size: int | None,
     max_seq_length: int,
     run_end_tokens: int | None = None,
+    run_start_step: int = 0,
+    run_end_step: int | None = None,
 ) -> list[StagePlanRow]:
     """Per stage and source: steps, tokens, weight, tokens drawn and epochs.
 
     ``source_blocks[source][block_size]`` is the source's epoch size in blocks; ``run_end_tokens``
-    (``train.max_tokens``) bounds the last stage when it has no end of its own.
+    (``train.max_tokens``) bounds the last stage when it has no end of its own. The run trains from
+    ``run_start_step`` (the checkpoint it resumes) to ``run_end_step`` (its stop step), if given:
+    stages are cut to that window and stages outside it left out.
     """
     starts = stage_starts(stages, global_batch_size, max_seq_length)  # over all ranks
     ends: list[int | None] = [*starts[1:], None]
@@ -300,6 +304,19 @@ def stage_plan_rows(
         ends[-1] = boundary_samples(last.end, f"stage {last.name!r} end", global_batch_size, max_seq_length)
     elif run_end_tokens is not None:
         ends[-1] = max(starts[-1], run_end_tokens // max_seq_length)
+    if run_start_step or run_end_step is not None:
+        if global_batch_size is None:
+            raise ValueError("planning a run from a resumed step or to a stop step needs global_batch_size.")
+        first = run_start_step * global_batch_size
+        final = None if run_end_step is None else run_end_step * global_batch_size
+        if final is not None and ends[-1] is None:
+            ends[-1] = final
+        kept = [
+            (stage, weights, max(start, first), end if final is None or end is None else min(end, final))
+            for stage, weights, start, end in zip(stages, stage_weights, starts, ends)
+            if (end is None or end > first) and (final is None or start < final)
+        ]
+        stages, stage_weights, starts, ends = (list(column) for column in zip(*kept)) if kept else ([], [], [], [])
     rows = []
     for stage, weights, start, end in zip(stages, stage_weights, starts, ends):
         block_size = stage.block_size(max_seq_length)

@@ -133,6 +133,9 @@ def validate_state(state: object) -> None:
         raise _fault("taken", dict(taken), f"counts summing to at most samples × world_size ({state['samples'] * state['world_size']})")
     if "stage" in state and not isinstance(state["stage"], str):
         raise _fault("stage", state["stage"], "a stage name")
+    stop = state.get("stop")
+    if stop is not None and (not isinstance(stop, Mapping) or not isinstance(stop.get("from_step", 0), int)):
+        raise _fault("stop", stop, "the stop rule's record: {at_step, after_steps, from_step, run}")
 
 
 def samples_on(state: Mapping, world_size: int) -> int:
@@ -226,15 +229,28 @@ def apply_data_change(state: Mapping, changes: list[DataChange], shards: Mapping
         entry["blocks"] = shards[change.source].blocks(entry.get("block_size") or state["block_size"])
         entry["fingerprint"] = fingerprint(shards[change.source])
         if policy == "restart":
-            entry["draws"] = 0
-            entry.pop("pinned_order", None)
-            entry.pop("pinned_seed", None)
-            entry.pop("split", None)
+            _start_over(entry)
     if policy == "restart":
         cost = "each starts over from its first block; the blocks it had given may be trained on again"
     else:
         cost = "each keeps its draw count over the new content; its epoch in progress may skip or repeat blocks"
     return resumed, f"on_data_change={policy}: {len(changes)} source(s) changed since the checkpoint:\n  {listing}\n{cost}."
+
+
+def _start_over(entry: dict) -> None:
+    entry["draws"] = 0
+    for key in ("pinned_order", "pinned_seed", "split"):
+        entry.pop(key, None)
+
+
+def restarted(state: Mapping) -> dict:
+    """``state`` with every source back at its first block; the blend and stage positions (the step) are kept."""
+    resumed = dict(state)
+    for group in ("sources", "dropped"):
+        resumed[group] = {source: dict(entry) for source, entry in state.get(group, {}).items()}
+        for entry in resumed[group].values():
+            _start_over(entry)
+    return resumed
 
 
 def with_full_seeds(state: Mapping) -> Mapping:

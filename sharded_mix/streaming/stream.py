@@ -34,7 +34,8 @@ from sharded_mix.mixing.cursor import Cursor, StreamStage, saved_ordering
 from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW
 from sharded_mix.mixing.slices import Topology
 from sharded_mix.mixing.state import (
-    STATE_VERSION, apply_data_change, data_changes, fingerprint, resliced, samples_on, state_topology, validate_state, with_full_seeds,
+    STATE_VERSION, apply_data_change, data_changes, fingerprint, resliced, restarted, samples_on, state_topology, validate_state,
+    with_full_seeds,
 )
 from sharded_mix.mixing.transition import format_transition
 from sharded_mix.shards import Shard
@@ -42,6 +43,7 @@ from sharded_mix.streaming.cache import ChunkCache
 from sharded_mix.streaming.distributed import distributed_rank_world
 from sharded_mix.streaming.sources import ChunkMaps, SourceReader
 from sharded_mix.streaming.storage import is_url
+from sharded_mix.training.stop import StopRule
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,8 @@ def stream_stage(
 
 
 class MixtureStream(IterableDataset):
-    """An endless stream of batches following each stage's blend; each source cycles its own epochs."""
+    """A stream of batches following each stage's blend, each source cycling its own epochs; it ends after ``stop``
+    samples per rank (None: never)."""
 
     def __init__(
         self,
@@ -99,6 +102,7 @@ class MixtureStream(IterableDataset):
             raise ValueError(f"the blend mixes token dtypes {sorted(dtypes)}; write every shard with the same tokenizer dtype.")
         self.dtype = np.dtype(dtypes.pop())
         self.cursor = Cursor(self.stages, world_size)  # where iteration starts; the loader sets it each time
+        self.stop: int | None = None  # the loader sets it too
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, tuple[int, ...]]]:
         """Yields ``(batch of blocks, index in the stage's ids of each block's source)``.
@@ -113,7 +117,7 @@ class MixtureStream(IterableDataset):
         readers = self._readers(cursor, maps)
         rank, world = self.rank, self.world_size
         batch = 0
-        while True:
+        while self.stop is None or cursor.samples < self.stop:
             if cursor.due():
                 cursor.switch()
                 readers = self._readers(cursor, maps)
@@ -156,7 +160,15 @@ class MixtureLoader(DataLoader):
     """A DataLoader over a ``MixtureStream`` whose ``state_dict`` is the stream position (LitGPT saves it)."""
 
     def __init__(
-        self, dataset: MixtureStream, num_workers: int, max_epochs_per_source: int | None = None, on_data_change: str = "error"
+        self,
+        dataset: MixtureStream,
+        num_workers: int,
+        max_epochs_per_source: int | None = None,
+        on_data_change: str = "error",
+        stop: StopRule = StopRule(),
+        global_batch_size: int | None = None,
+        run: str | None = None,
+        restart_on_resume: bool = False,
     ) -> None:
         remote = any(is_url(shard.path) for shard in dataset.shards.values())
         # obstore's runtime does not survive fork() once the main process has used it (discovery did)
@@ -167,6 +179,14 @@ class MixtureLoader(DataLoader):
         self.on_data_change = on_data_change
         self.cursor = Cursor(dataset.stages, dataset.world_size)
         self._saved_fingerprints: dict[str, dict] = {}  # of set-aside sources this run does not read
+        self.stop, self.global_batch_size, self.run, self.restart_on_resume = stop, global_batch_size, run, restart_on_resume
+        self.stop_anchor = 0  # the step stop_after_steps counts from
+        if stop.active and global_batch_size is None:
+            name = "stop_at_step" if stop.at_step is not None else "stop_after_steps"
+            raise ValueError(
+                f"{name} is set but the data args have no global_batch_size, so the step cannot be turned into samples; "
+                "set global_batch_size (= train.global_batch_size) in the data init_args."
+            )
 
     def __len__(self) -> int:
         """Batches in one pass over the first stage's blocks on this rank (LitGPT's ``lr_warmup_fraction`` uses it)."""
@@ -177,8 +197,12 @@ class MixtureLoader(DataLoader):
         """The batches; the position advances by each batch's sources as it is handed out."""
         stream: MixtureStream = self.dataset
         stream.cursor = copy.deepcopy(self.cursor)
+        stream.stop = self.stop_samples()
         cursor = self.cursor
         next_wrap = self._epoch_ends(cursor)
+        if stream.stop is not None and cursor.samples >= stream.stop:
+            self._log_stop("resumed at the stop step; no batch is left")
+            return
         for batch, sources in super().__iter__():
             if cursor.due():
                 old, rows = cursor.switch()
@@ -193,6 +217,20 @@ class MixtureLoader(DataLoader):
                     self._source_wrapped(cursor.ids[index], draws, blocks)
             batch = torch.from_numpy(batch)
             yield batch.pin_memory() if self._pin else batch
+        if stream.stop is not None and cursor.samples >= stream.stop:
+            self._log_stop(f"{cursor.samples:,} samples per rank")
+
+    def stop_step(self) -> int | None:
+        return self.stop.stop_step(self.stop_anchor)
+
+    def stop_samples(self) -> int | None:
+        """Samples per rank after which the stream ends (the stop step's last micro-batch), or None."""
+        step = self.stop_step()
+        return None if step is None else step * self.global_batch_size // self.dataset.world_size
+
+    def _log_stop(self, detail: str) -> None:
+        if rank_zero_only.rank == 0:
+            logger.info("DATA STOP: %s reached (%s); the training stream ends here", self.stop.describe(self.stop_anchor), detail)
 
     @staticmethod
     def _epoch_ends(cursor: Cursor) -> list[int]:
@@ -238,6 +276,8 @@ class MixtureLoader(DataLoader):
             "version": STATE_VERSION, **self.cursor.state(), "batch_size": stream.batch_size, "world_size": stream.world_size,
             "nodes": stream.topology.nodes,
         }
+        if self.stop.active:
+            state["stop"] = self.stop.record(self.stop_anchor, self.run)
         for source, entry in [*state["sources"].items(), *state["dropped"].items()]:
             shard = stream.shards.get(source)
             if shard is not None:
@@ -274,7 +314,16 @@ class MixtureLoader(DataLoader):
                     "stage still starts at its step", stream.world_size, state["world_size"], state["samples"], samples,
                 )
             state = dict(state, samples=samples, world_size=stream.world_size)
+        if self.restart_on_resume:
+            drawn = sum(entry["draws"] for entry in state["sources"].values())
+            state = restarted(state)
+            if rank_zero_only.rank == 0:
+                logger.warning(
+                    "restart_data_on_resume: every source starts over from its first block (the checkpoint had drawn %s blocks "
+                    "of them); blocks already trained on come again. The blend and the stages keep their steps.", f"{drawn:,}",
+                )
         rows = self.cursor.restore(state)
+        self._anchor_stop(state)
         saved, ordering = saved_ordering(state), self.cursor.stage.ordering
         if rows is not None and rank_zero_only.rank == 0:
             batches = state["samples"] // stream.batch_size
@@ -292,6 +341,21 @@ class MixtureLoader(DataLoader):
             logger.info(
                 "resuming with %s; the checkpoint ran with %s: each source finishes its epoch in progress in the "
                 "checkpoint's order, and its next epochs follow the new one", ordering.describe(), saved.describe(),
+            )
+
+    def _anchor_stop(self, state: Mapping) -> None:
+        """Where ``stop_after_steps`` counts from: kept from this run's own checkpoints, else the step resumed at."""
+        if not self.stop.active:
+            return
+        resume_step = self.cursor.samples * self.dataset.world_size // self.global_batch_size
+        self.stop_anchor = self.stop.anchor(state.get("stop"), self.run, resume_step)
+        stop = self.stop_step()
+        if rank_zero_only.rank == 0:
+            logger.info("resuming at step %d; the data stream ends after step %d (%s)", resume_step, stop, self.stop.describe(self.stop_anchor))
+        if stop < resume_step:
+            raise ValueError(
+                f"{self.stop.describe(self.stop_anchor)}, but the checkpoint resumed is at step {resume_step:,}, past it; "
+                "raise the stop step, or resume from an earlier checkpoint."
             )
 
     def _warn_block_size_change(self, state: Mapping) -> None:
@@ -333,12 +397,17 @@ def staged_loader(
     cache: ChunkCache | None = None,
     prefetch_chunks: int = 0,
     nodes: int = 1,
+    stop: StopRule = StopRule(),
+    global_batch_size: int | None = None,
+    run: str | None = None,
+    restart_on_resume: bool = False,
 ) -> MixtureLoader:
     """The training loader for a schedule of stages (starts in samples per rank); remote shards are read through
-    ``cache``, ``prefetch_chunks`` chunks ahead of each source's window; on ``nodes`` nodes each reads its slices."""
+    ``cache``, ``prefetch_chunks`` chunks ahead of each source's window; on ``nodes`` nodes each reads its slices.
+    ``stop`` ends the stream after a step (``run``: the run's out_dir, which ``stop_after_steps`` anchors are kept for)."""
     rank, world_size = distributed_rank_world()
     stream = MixtureStream(shards, stages, batch_size, shuffle, rank, world_size, cache, prefetch_chunks, nodes)
-    return MixtureLoader(stream, num_workers, max_epochs_per_source, on_data_change)
+    return MixtureLoader(stream, num_workers, max_epochs_per_source, on_data_change, stop, global_batch_size, run, restart_on_resume)
 
 
 def validation_loader(
