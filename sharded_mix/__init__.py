@@ -15,6 +15,7 @@ if not _logger.handlers:
 # Exports load on first use, so that data-preparation workers do not import lightning.
 _EXPORTS = {
     "ShardedMixedDataset": "sharded_mix.datamodule",
+    "SFTMixture": "sharded_mix.sft",
     "DEFAULT_SHARD_TYPES": "sharded_mix.shards",
     "Shard": "sharded_mix.shards",
     "discover_shards": "sharded_mix.streaming.discovery",

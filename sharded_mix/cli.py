@@ -22,24 +22,57 @@ def _print_links(links, dry_run: bool) -> None:
 def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare",
-        help="tokenize text files into one litdata token shard",
-        description="Tokenize .txt, .jsonl, .jsonl.gz and .parquet files (EOS appended to every document) "
-        "into a litdata token shard at BASE/SHARD_ID, e.g. data/main/1 or data/c3.",
+        help="tokenize text files or datasets into one litdata token shard",
+        description="Tokenize .txt, .jsonl(.gz|.zst) and .parquet files, or a streamed Hugging Face dataset, "
+        "(EOS appended to every document) into a litdata token shard at BASE/SHARD_ID, e.g. data/main/1 or "
+        "data/c3, with a manifest.json of what it was built from. Workers split files by byte ranges and "
+        "row groups. --val-docs/--val-fraction also write a held-out shard at BASE/val/SHARD_ID.",
     )
-    p.add_argument("--input", nargs="+", required=True, type=Path, help="files or directories to read")
+    p.add_argument("--input", nargs="+", default=[], type=Path, help="files or directories to read")
+    p.add_argument("--dataset", help="a Hugging Face dataset to stream (needs sharded_mix[datasets]), e.g. allenai/c4")
+    p.add_argument("--dataset-config", help="the dataset's config, e.g. en")
+    p.add_argument("--dataset-split", default="train", help="the dataset's split (default train)")
+    p.add_argument("--dataset-data-dir", help="the dataset's data_dir, e.g. python for bigcode/starcoderdata")
+    p.add_argument("--dataset-data-files", nargs="+", default=[], help="data_files for load_dataset (local builders)")
+    p.add_argument("--recipe", help="fields, template and filters of a paper source: main, web, code, math, instruct, qa")
     p.add_argument("--tokenizer-dir", required=True, type=Path, help="a directory litgpt's Tokenizer loads")
     p.add_argument("--output", required=True, type=Path, help="the shard directory to write, BASE/SHARD_ID")
-    p.add_argument("--text-field", default="text", help="the field holding the text in .jsonl/.parquet rows")
-    p.add_argument("--num-workers", type=int, default=1, help="litdata optimize worker processes")
+    p.add_argument("--text-field", help="the field holding the text in .jsonl/.parquet rows (default text)")
+    p.add_argument("--template", help=r"a document from several fields, e.g. '{question}\n\n{answer}'; {f?}: optional")
+    p.add_argument("--field", action="append", default=[], metavar="NAME=KEY[,KEY...]",
+                   help="where a template/filter field may come from, first present wins, e.g. question=question,instruction")
+    p.add_argument("--where", action="append", default=[], metavar="'FIELD OP VALUE'",
+                   help="keep rows where this holds (repeatable, all must hold), e.g. 'path endswith .py'")
+    p.add_argument("--skip-docs", type=int, default=0, help="skip the first N documents (global input order)")
+    p.add_argument("--max-docs", type=int, help="keep at most N documents after --skip-docs")
+    p.add_argument("--val-docs", type=int, help="hold out exactly N documents, evenly spread, into the val shard")
+    p.add_argument("--val-fraction", type=float, help="hold out this fraction of documents (by a hash of the text)")
+    p.add_argument("--val-output", type=Path, help="the val shard directory (default BASE/val/SHARD_ID)")
+    p.add_argument("--num-workers", type=int, default=1, help="worker processes; each tokenizes its own part of the inputs (1: in this process)")
     p.add_argument("--chunk-bytes", default="64MB", help="target size of each chunk file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing shard at --output")
+    p.add_argument("--item-bytes", help="size of a work item (default: inputs / 64, within 1MB..128MB)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing shard at --output (and its val shard)")
     p.set_defaults(func=_run_prepare)
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from sharded_mix.tools.prepare import prepare_shard
+    import shlex
+
+    from sharded_mix.tools.prepare import DatasetSpec, prepare_shard
+    from sharded_mix.tools.records import unescape
 
     _quiet_litdata(args)
+    fields = {}
+    for text in args.field:
+        name, _, keys = text.partition("=")
+        if not name or not keys:
+            raise ValueError(f"--field {text!r} is not NAME=KEY[,KEY...]; e.g. --field question=question,instruction")
+        fields[name.strip()] = [key.strip() for key in keys.split(",") if key.strip()]
+    datasets = []
+    if args.dataset:
+        datasets.append(DatasetSpec(args.dataset, args.dataset_config, args.dataset_split,
+                                    tuple(args.dataset_data_files), args.dataset_data_dir))
     summary = prepare_shard(
         inputs=args.input,
         tokenizer_dir=args.tokenizer_dir,
@@ -48,6 +81,19 @@ def _run_prepare(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         chunk_bytes=args.chunk_bytes,
         overwrite=args.overwrite,
+        progress=not args.no_progress,
+        template=None if args.template is None else unescape(args.template),
+        fields=fields,
+        where=args.where,
+        recipe=args.recipe,
+        datasets=datasets,
+        skip_docs=args.skip_docs,
+        max_docs=args.max_docs,
+        val_docs=args.val_docs,
+        val_fraction=args.val_fraction,
+        val_output=args.val_output,
+        item_bytes=args.item_bytes,
+        command=shlex.join(["sharded-mix", *sys.argv[1:]]),
     )
     print(summary.describe())
     return 0
@@ -298,15 +344,23 @@ def _run_merge(args: argparse.Namespace) -> int:
 def _add_val_loss(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "val-loss",
-        help="validation loss of a checkpoint on each validation shard separately",
+        help="validation loss of a checkpoint on each validation shard and each SFT task file separately",
         description="Load a LitGPT checkpoint (lit_model.pth + model_config.yaml) and report the mean next-token loss "
-        "and perplexity on the first --max-blocks blocks of every shard under VAL_PATH (LitGPT reports one loss "
-        "over the whole mixture).",
+        "and perplexity on each VAL_PATH: on the first --max-blocks blocks of every shard under a directory of token "
+        "shards, and on the examples of a .json/.jsonl task file, encoded as SFTMixture encodes them (the checkpoint's "
+        "prompt_style.yaml or --prompt-style, --mask-prompt) and averaged over their target tokens. So one command "
+        "gives a fine-tuned checkpoint's loss on each task and on the pretraining validation shards (forgetting).",
     )
     p.add_argument("checkpoint", type=Path, help="a step-* or final/ directory, a lit_model.pth, or a run's out_dir")
-    p.add_argument("val_path", type=Path, help="a typed base directory of validation shards (or one litdata directory)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default: the model's block size)")
-    p.add_argument("--max-blocks", type=int, default=64, help="blocks per source")
+    p.add_argument("val_path", type=Path, nargs="+",
+                   help="typed base directories of validation shards (or litdata directories) and/or .json/.jsonl task files")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per sample (default: the model's block size); task examples are cut to it")
+    p.add_argument("--max-blocks", type=int, default=64, help="blocks per shard")
+    p.add_argument("--max-examples", type=int, default=None, help="examples per task file (default: all)")
+    p.add_argument("--prompt-style", default=None, help="task files: a LitGPT prompt style (default: the checkpoint's, else alpaca)")
+    p.add_argument("--mask-prompt", action="store_true", help="task files: score the response tokens only (as mask_prompt)")
+    p.add_argument("--ignore-index", type=int, default=-100, help="task files: the label of masked tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="e.g. cuda")
     p.add_argument("--json", action="store_true", help="print the losses as JSON")
@@ -317,11 +371,30 @@ def _run_val_loss(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from sharded_mix.tools.evaluate import format_source_losses, load_model, source_losses
+    from sharded_mix.streaming.sft_files import is_task_file
+    from sharded_mix.tools.evaluate import (
+        checkpoint_prompt_style, format_source_losses, load_model, load_tokenizer, source_losses, task_loss,
+    )
 
     _quiet_litdata(args)
+    task_files = [path for path in args.val_path if is_task_file(path)]
+    names = [path.stem for path in task_files]
+    if len(set(names)) < len(names):
+        names = [str(path) for path in task_files]  # same stems in different folders: name them by path
     model = load_model(args.checkpoint, args.device)
-    losses = source_losses(model, args.val_path, args.seq_len, args.max_blocks, args.batch_size, args.device)
+    losses = []
+    if task_files:
+        from sharded_mix.sft import prompt_style_named
+
+        tokenizer = load_tokenizer(args.checkpoint)
+        style = prompt_style_named(args.prompt_style) if args.prompt_style else checkpoint_prompt_style(args.checkpoint)
+    for path in args.val_path:
+        if is_task_file(path):
+            name = names[task_files.index(path)]
+            losses.append(task_loss(model, name, path, tokenizer, style, args.mask_prompt, args.ignore_index, args.seq_len,
+                                    args.max_examples, args.batch_size, args.device))
+        else:
+            losses += source_losses(model, path, args.seq_len, args.max_blocks, args.batch_size, args.device)
     print(json.dumps([asdict(loss) for loss in losses], indent=2) if args.json else format_source_losses(losses, str(args.checkpoint)))
     return 0
 

@@ -49,3 +49,11 @@ def test_node_share_benchmark_quick_run_completes(tmp_path):
     run_benchmark("bench_node_share.py", "--quick", "--data-dir", str(tmp_path / "data"), "--json", str(out))
     one, two = json.loads(out.read_text())["rows"]
     assert one["per_node"] == [one["total_bytes"]] and all(size < 0.75 * two["total_bytes"] for size in two["per_node"])
+
+
+def test_prepare_benchmark_small_run_completes(tmp_path):
+    out = tmp_path / "prepare.json"
+    run_benchmark("bench_prepare.py", "--tokens", "200000", "--small-files", "20", "--vocab-size", "2000", "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["case"] for row in rows] == ["one big JSONL", "20 small JSONL files"]
+    assert all(row["tokens"] == rows[0]["tokens"] > 0 and row["tokens_per_s"] > 0 for row in rows)

@@ -31,7 +31,7 @@ MODULES = {module_name(path): imports_of(path) for path in PACKAGE.rglob("*.py")
 def test_every_module_has_a_folder_that_says_its_role():
     top = {name for name in MODULES if name.count(".") == 1}
     assert top == {"sharded_mix.mixing", "sharded_mix.streaming", "sharded_mix.training", "sharded_mix.tools",
-                   "sharded_mix.datamodule", "sharded_mix.cli", "sharded_mix.shards", "sharded_mix.config"}
+                   "sharded_mix.datamodule", "sharded_mix.sft", "sharded_mix.cli", "sharded_mix.shards", "sharded_mix.config"}
 
 
 @pytest.mark.parametrize("module", sorted(name for name in MODULES if name.startswith("sharded_mix.mixing.")))
@@ -58,11 +58,11 @@ def test_the_shard_model_imports_nothing_of_ours(module):
 
 @pytest.mark.parametrize("module", sorted(name for name in MODULES if name.startswith("sharded_mix.streaming.")))
 def test_streaming_imports_no_tools_and_no_faces(module):
-    forbidden = ("sharded_mix.tools", "sharded_mix.datamodule", "sharded_mix.cli")
+    forbidden = ("sharded_mix.tools", "sharded_mix.datamodule", "sharded_mix.sft", "sharded_mix.cli")
     assert not [target for target in MODULES[module] if target.startswith(forbidden)]
 
 
 def test_nothing_imports_cli_and_the_training_path_imports_no_tools():
     assert [name for name, targets in MODULES.items() if "sharded_mix.cli" in targets] == []
-    training_path = [name for name in MODULES if name.startswith(("sharded_mix.mixing", "sharded_mix.streaming", "sharded_mix.datamodule"))]
+    training_path = [name for name in MODULES if name.startswith(("sharded_mix.mixing", "sharded_mix.streaming", "sharded_mix.datamodule", "sharded_mix.sft"))]
     assert [name for name in training_path if any(target.startswith("sharded_mix.tools") for target in MODULES[name])] == []

@@ -245,12 +245,19 @@ def test_every_document_ends_in_eos(tmp_path: Path, tokenizer_dir: Path, tokeniz
 
 
 def test_two_workers_split_the_files(tmp_path: Path, tokenizer_dir: Path, tokenizer: Tokenizer) -> None:
+    """One work item per file (--item-bytes 1): both workers write, the shard keeps the input order."""
     inputs = write_inputs(tmp_path, "txt")
-    summary = prepare_shard(inputs, tokenizer_dir, tmp_path / "two", num_workers=2, chunk_bytes="1MB", progress=False)
+    summary = prepare_shard(
+        inputs, tokenizer_dir, tmp_path / "two", num_workers=2, chunk_bytes="1MB", progress=False, item_bytes=1
+    )
     assert summary.documents == len(DOCS)
     assert summary.tokens == len(expected_tokens(tokenizer, DOCS))
-    filenames = sorted(chunk["filename"] for chunk in read_index(tmp_path / "two")["chunks"])
-    assert filenames == ["chunk-0-0.bin", "chunk-1-0.bin"]  # both workers wrote
+    filenames = [chunk["filename"] for chunk in read_index(tmp_path / "two")["chunks"]]
+    assert filenames == [f"chunk-{item}-0.bin" for item in range(len(DOCS))]  # the blank file wrote nothing
+    dataset = StreamingDataset(str(tmp_path / "two"), item_loader=TokensLoader(block_size=1), shuffle=False)
+    assert [int(token) for index in range(len(dataset)) for token in dataset[index].tolist()] == expected_tokens(
+        tokenizer, DOCS
+    )
 
 
 def test_refuses_to_overwrite_unless_asked(tmp_path: Path, tokenizer_dir: Path, tokenizer: Tokenizer) -> None:

@@ -1,7 +1,9 @@
-"""Per-source validation loss of a LitGPT checkpoint: the loss on each validation shard on its own.
+"""Per-source validation loss of a LitGPT checkpoint: the loss on each validation shard, and on each SFT task file,
+on its own.
 
 LitGPT reports one validation loss over the whole mixture; a midtraining study wants it per
-source (did math improve, did web data get forgotten?).
+source (did math improve, did web data get forgotten?), and a fine-tuned checkpoint's loss on each
+task file and on the pretraining validation shards (forgetting).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ CONFIG_FILE = "model_config.yaml"
 
 @dataclass(frozen=True)
 class SourceLoss:
+    """``blocks``: blocks of a token shard, or examples of a task file; ``tokens``: the tokens the loss is over."""
+
     source: str
     type: str
     loss: float
@@ -69,6 +73,56 @@ def source_losses(
         mean = total / count
         results.append(SourceLoss(shard.id, shard.type, mean, math.exp(min(mean, 50.0)), count, count * seq_len))
     return results
+
+
+def load_tokenizer(checkpoint: str | Path):
+    """The LitGPT ``Tokenizer`` saved beside a checkpoint (``finetune_full`` copies it into every checkpoint)."""
+    from litgpt.tokenizer import Tokenizer
+
+    directory = resolve_checkpoint(checkpoint).parent
+    try:
+        return Tokenizer(directory)
+    except (NotImplementedError, FileNotFoundError) as err:
+        raise ValueError(f"{str(directory)!r} holds no tokenizer LitGPT can load ({err}); task files need one, give a checkpoint with tokenizer files.") from None
+
+
+def checkpoint_prompt_style(checkpoint: str | Path, default: str = "alpaca"):
+    """The prompt style a LitGPT finetune saved beside a checkpoint (``prompt_style.yaml``), else ``default``."""
+    from litgpt.prompts import PromptStyle, has_prompt_style, load_prompt_style
+
+    directory = resolve_checkpoint(checkpoint).parent
+    return load_prompt_style(directory) if has_prompt_style(directory) else PromptStyle.from_name(default)
+
+
+def task_loss(
+    model, name: str, path: str | Path, tokenizer, prompt_style, mask_prompt: bool = False, ignore_index: int = -100,
+    max_seq_length: int | None = None, max_examples: int | None = None, batch_size: int = 8, device: str = "cpu",
+) -> SourceLoss:
+    """Mean next-token loss over the target tokens of a task file's examples (the first ``max_examples``), encoded as
+    ``SFTMixture`` encodes them (prompt style, masking, cut to ``max_seq_length``, default the model's block size)."""
+    import torch
+    from litgpt.data import get_sft_collate_fn
+
+    from sharded_mix.sft import encode_task
+
+    max_seq_length = max_seq_length or model.config.block_size
+    task = encode_task(name, path, tokenizer, prompt_style, mask_prompt, ignore_index, max_seq_length)
+    examples = task.examples[:max_examples] if max_examples else task.examples
+    collate = get_sft_collate_fn(max_seq_length=max_seq_length, ignore_index=ignore_index)
+    total, targets = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start : start + batch_size])
+            input_ids, labels = batch["input_ids"].to(device), batch["labels"][:, 1:].to(device)
+            logits = model(input_ids)[:, :-1]
+            total += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=ignore_index, reduction="sum"
+            ).item()
+            targets += int((labels != ignore_index).sum())
+    if targets == 0:
+        raise ValueError(f"task file {str(path)!r} has no target token to score within {max_seq_length} tokens (empty, or every response masked or cut off); raise --seq-len, or check the file and --mask-prompt.")
+    mean = total / targets
+    return SourceLoss(name, "sft", mean, math.exp(min(mean, 50.0)), len(examples), targets)
 
 
 def format_source_losses(losses: list[SourceLoss], title: str) -> str:

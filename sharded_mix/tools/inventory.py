@@ -13,6 +13,7 @@ from pathlib import Path
 from sharded_mix.shards import Shard, index_token_dtype, resolve_shard_types, shard_from_index
 from sharded_mix.streaming.chunk_checks import capped, chunk_file_problem
 from sharded_mix.streaming.discovery import SHARD_FIXES, read_index, scan_base
+from sharded_mix.tools.manifest import describe_manifest, read_manifest
 from sharded_mix.tools.verify import NOT_VERIFIED, verify_chunk, verify_notes
 
 CHUNK_PROBLEMS_SHOWN = 10
@@ -31,6 +32,8 @@ class ShardReport:
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     """What was not checked, e.g. a compressed shard under ``--verify``; not problems."""
+    manifest: dict | None = None
+    """The shard's ``manifest.json`` (what `sharded-mix prepare` built it from), when it has one."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,10 @@ def inspect_shard(shard_id: str, type_name: str, path: str, verify: bool = False
         return ShardReport(shard_id, type_name, path, None, None, len(index["chunks"]), index_token_dtype(index), size, (str(err),))
     notes = (NOT_VERIFIED,) if verify and not shard.plain_tokens else ()
     problems = tuple(chunk_problems(shard, verify, vocab_size))
-    return ShardReport(shard_id, type_name, path, shard.tokens, shard.documents, shard.chunks, shard.dtype, size, problems, notes)
+    return ShardReport(
+        shard_id, type_name, path, shard.tokens, shard.documents, shard.chunks, shard.dtype, size, problems, notes,
+        read_manifest(path),
+    )
 
 
 def inspect_base(
@@ -157,6 +163,10 @@ def format_inventory(inventory: Inventory) -> str:
     lines.append("-" * len(header))
     for type_name, totals in inventory.totals_by_type().items():
         lines.append(f"{'total ' + type_name:<25} {totals['tokens']:>15,} in {totals['shards']} shard(s), {_human_bytes(totals['bytes_on_disk'])}")
+    built = [(s.id, describe_manifest(s.manifest)) for s in inventory.shards if s.manifest]
+    if built:
+        lines.append("built from (manifest.json):")
+        lines += [f"  {shard_id}: {text}" for shard_id, text in built]
     notes = inventory.all_notes()
     if notes:
         lines.append("notes:")

@@ -1,26 +1,27 @@
-"""Tokenize text files into one litdata token shard (EOS appended to every document).
+"""Tokenize text into one litdata token shard (EOS appended to every document), with a held-out val shard if asked.
 
 The shard is what `litdata.StreamingDataset(..., item_loader=TokensLoader(block_size))` reads: one
-tensor per document, written by `litdata.optimize`. This module only reads files and writes the shard;
-it logs through `logging` and never prints (litdata's own progress bar aside).
+token array per document, in chunk files of litdata's TokensLoader layout, listed in ``index.json``, plus a
+``manifest.json`` recording what it was built from. Inputs are cut into work items
+(``prepare_inputs``) that worker processes tokenize in parallel (``prepare_workers``), so N workers are busy
+however many files there are. Documents are numbered in the global input order: ``skip_docs``/``max_docs``
+select a range of them, exactly, and the validation split is decided per document (a hash of its text for
+``val_fraction``; ``val_docs`` evenly spread document numbers). This module logs and never prints (the
+progress bar aside).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import gzip
+import hashlib
 import json
 import logging
-import multiprocessing
-import os
 import re
+import shlex
 import shutil
-import signal
-import tempfile
+import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,17 +31,43 @@ import torch
 from sharded_mix.config import parse_size
 from sharded_mix.shards import shard_from_index
 from sharded_mix.streaming.discovery import read_index
+from sharded_mix.tools.manifest import file_sha256, write_manifest
+from sharded_mix.tools.prepare_inputs import (
+    SUPPORTED_SUFFIXES,
+    DatasetSpec,
+    Piece,
+    dataset_pieces,
+    default_item_bytes,
+    file_kind,
+    file_pieces,
+    group_items,
+    iter_documents,
+    iter_file_documents,
+    iter_piece_rows,
+    list_input_files,
+)
+from sharded_mix.tools.prepare_workers import ItemResult, ItemTask, JobSpec, TokenizerSpec, count_item, run_items, tokenize_item
+from sharded_mix.tools.recipes import get_recipe
+from sharded_mix.tools.records import RecordFormat, RowFilter
+
+__all__ = [
+    "SUPPORTED_SUFFIXES", "DatasetSpec", "PrepareSummary", "file_kind", "iter_documents", "iter_file_documents",
+    "list_input_files", "load_tokenizer", "prepare_shard", "token_dtype", "val_output_for", "vocab_size_with_added",
+    "write_token_shard",
+]
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
 UINT16_VOCAB_LIMIT = 2**16
-_SHARD_ENTRY = re.compile(r"^(index\.json|\d+\.index\.json|chunk-.*\.bin|\.checkpoints)$")
+FIRST_ROW_CHECKS = 16
+_SHARD_ENTRY = re.compile(r"^(index\.json|manifest\.json|\d+\.index\.json|chunk-.*\.bin|\.checkpoints)$")
+_TOKENS_DTYPE_CODE = {"uint16": 20, "int32": 16}
+"""litdata's ``no_header_tensor:<code>`` for the token dtypes we write (``litdata.constants._TORCH_DTYPES_MAPPING``)."""
 
 
 @dataclass(frozen=True)
 class PrepareSummary:
-    """What `prepare_shard` wrote, counted from the shard's `index.json`."""
+    """What `prepare_shard` wrote, counted from the shard's `index.json`; ``val`` is the held-out shard, if any."""
 
     output_dir: Path
     documents: int
@@ -48,171 +75,32 @@ class PrepareSummary:
     chunks: int
     dtype: str
     seconds: float
+    val: PrepareSummary | None = None
 
     def describe(self) -> str:
-        """One line of human text."""
-        return (
+        """Human text: one line per shard written."""
+        line = (
             f"wrote {self.output_dir}: {self.documents:,} documents, {self.tokens:,} tokens "
             f"({self.dtype}) in {self.chunks} chunk(s), {self.seconds:.1f}s"
         )
+        if self.val is not None:
+            line += f"\nwrote {self.val.output_dir} (val): {self.val.documents:,} documents, {self.val.tokens:,} tokens"
+            line += f" in {self.val.chunks} chunk(s)"
+        return line
 
 
-# ----------------------------------------------------------------------------- reading documents
+def val_output_for(output_dir: Path) -> Path:
+    """Where the val shard of ``output_dir`` goes: ``BASE/val/<id>`` (``data/val/main/1`` for ``data/main/1``).
 
-
-def file_kind(path: Path) -> str | None:
-    """The supported suffix of `path` (`.jsonl.gz` counts as one), or None."""
-    name = path.name.lower()
-    return next((suffix for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True) if name.endswith(suffix)), None)
-
-
-def list_input_files(inputs: Sequence[Path]) -> list[Path]:
-    """Expand files and directories (walked recursively, sorted) into the supported files, in order."""
-    files: list[Path] = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            files.extend(_walk_dir(path))
-        elif path.is_file():
-            if file_kind(path) is None:
-                raise ValueError(
-                    f"--input {str(path)!r} has an unsupported extension; supported: {', '.join(SUPPORTED_SUFFIXES)}"
-                )
-            files.append(path)
-        else:
-            raise ValueError(f"--input {str(path)!r} does not exist; pass existing files or directories")
-    return _dedupe(files)
-
-
-def _walk_dir(root: Path) -> list[Path]:
-    found = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        if file_kind(path) is None:
-            logger.debug("skipping %s: unsupported extension", path)
-        else:
-            found.append(path)
-    if not found:
-        logger.warning("no %s files under %s", "/".join(SUPPORTED_SUFFIXES), root)
-    return found
-
-
-def _dedupe(files: list[Path]) -> list[Path]:
-    seen: set[Path] = set()
-    unique = []
-    for path in files:
-        key = path.resolve()
-        if key in seen:
-            logger.debug("skipping %s: already listed", path)
-            continue
-        seen.add(key)
-        unique.append(path)
-    return unique
-
-
-def iter_documents(inputs: list[Path], text_field: str = "text") -> Iterator[str]:
-    """Yield the non-empty documents of the given files and directories, in a deterministic order."""
-    for path in list_input_files(inputs):
-        yield from iter_file_documents(path, text_field)
-
-
-def iter_file_documents(path: Path, text_field: str = "text") -> Iterator[str]:
-    """Yield the non-empty documents of one supported file."""
-    kind = file_kind(path)
-    if kind == ".txt":
-        texts: Iterator[str | None] = iter([_read_text(path)])
-    elif kind in (".jsonl", ".jsonl.gz"):
-        texts = _iter_jsonl(path, text_field)
-    elif kind == ".parquet":
-        texts = _iter_parquet(path, text_field)
+    A train base named ``train`` (``data/train/c1``) puts it in the sibling ``data/val/c1`` instead.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.parent.name == "main" and output_dir.name.isdigit():
+        base, shard_id = output_dir.parent.parent, Path("main") / output_dir.name
     else:
-        raise ValueError(f"{str(path)!r} has an unsupported extension; supported: {', '.join(SUPPORTED_SUFFIXES)}")
-    for text in texts:
-        if text and not text.isspace():
-            yield text
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{str(path)!r} is not UTF-8 text ({err}); convert it to UTF-8") from err
-
-
-def _iter_jsonl(path: Path, text_field: str) -> Iterator[str | None]:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as lines:
-        for line_no, line in enumerate(lines, start=1):
-            if line.strip():
-                yield _text_of_row(_parse_json_line(line, line_no, path), text_field, line_no, path)
-
-
-def _parse_json_line(line: str, line_no: int, path: Path) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"row {line_no} of {path} is not valid JSON ({err}); write one JSON object per line") from err
-    if not isinstance(row, dict):
-        raise ValueError(
-            f"row {line_no} of {path} is a JSON {type(row).__name__}, not an object; write one JSON object per line"
-        )
-    return row
-
-
-def _text_of_row(row: dict[str, Any], text_field: str, line_no: int, path: Path) -> str | None:
-    if text_field not in row:
-        keys = ", ".join(sorted(map(str, row))[:20]) or "none"
-        raise ValueError(
-            f"--text-field {text_field!r} not found in row {line_no} of {path} (keys: {keys}); "
-            "pass --text-field with the key that holds the text"
-        )
-    text = row[text_field]
-    if text is not None and not isinstance(text, str):
-        raise ValueError(
-            f"--text-field {text_field!r} in row {line_no} of {path} holds a {type(text).__name__}, not a string; "
-            "pass --text-field with the key that holds the text"
-        )
-    return text
-
-
-def _iter_parquet(path: Path, text_field: str) -> Iterator[str | None]:
-    parquet_file = _open_parquet(path, text_field)
-    for batch in parquet_file.iter_batches(columns=[text_field], batch_size=1024):
-        yield from batch.column(0).to_pylist()
-
-
-def _open_parquet(path: Path, text_field: str) -> Any:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as err:
-        raise ValueError(f"reading {path} needs pyarrow; pip install 'sharded_mix[parquet]'") from err
-    parquet_file = pq.ParquetFile(path)
-    schema = parquet_file.schema_arrow
-    if text_field not in schema.names:
-        raise ValueError(
-            f"--text-field {text_field!r} not found in the columns of {path} (columns: {', '.join(schema.names)}); "
-            "pass --text-field with the column that holds the text"
-        )
-    column_type = schema.field(text_field).type
-    string_types = (pa.types.is_string, pa.types.is_large_string, getattr(pa.types, "is_string_view", None))
-    if not any(is_type(column_type) for is_type in string_types if is_type is not None):
-        raise ValueError(
-            f"--text-field {text_field!r} of {path} is a {column_type} column, not a string one; "
-            "pass --text-field with the column that holds the text"
-        )
-    return parquet_file
-
-
-def _precheck(files: list[Path], text_field: str) -> None:
-    """Fail fast, in this process, on a wrong text field and on inputs without any document."""
-    for path in files:
-        kind = file_kind(path)
-        if kind == ".parquet":
-            _open_parquet(path, text_field)
-        elif kind in (".jsonl", ".jsonl.gz"):
-            next(_iter_jsonl(path, text_field), None)
-    if next((doc for path in files for doc in iter_file_documents(path, text_field)), None) is None:
-        raise ValueError(f"no non-empty documents in {', '.join(map(str, files)) or 'the inputs'}; check --input")
+        base, shard_id = output_dir.parent, Path(output_dir.name)
+    val_base = base.parent / "val" if base.name == "train" else base / "val"
+    return val_base / shard_id
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -256,20 +144,316 @@ def token_dtype(vocab_size: int) -> torch.dtype:
     return torch.uint16 if vocab_size <= UINT16_VOCAB_LIMIT else torch.int32
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_tokenizer(tokenizer_dir: str) -> Any:
-    return load_tokenizer(Path(tokenizer_dir))
+def tokenizer_spec(tokenizer: Any, tokenizer_dir: Path, dtype: torch.dtype) -> TokenizerSpec:
+    """What worker processes need to tokenize like ``tokenizer.encode(text, eos=True)``."""
+    name = "tokenizer.json" if tokenizer.backend == "huggingface" else "tokenizer.model"
+    return TokenizerSpec(
+        tokenizer.backend,
+        str((Path(tokenizer_dir) / name).resolve()),
+        int(tokenizer.eos_id),
+        None if tokenizer.bos_id is None else int(tokenizer.bos_id),
+        bool(tokenizer.use_bos),
+        str(dtype).removeprefix("torch."),
+    )
 
 
-def tokenize_file(path: str, tokenizer_dir: str, text_field: str, dtype: str) -> Iterator[torch.Tensor]:
-    """litdata `optimize` fn: one token tensor (EOS-terminated) per document of `path`."""
-    tokenizer = _cached_tokenizer(tokenizer_dir)
-    torch_dtype = getattr(torch, dtype)
-    for text in iter_file_documents(Path(path), text_field):
-        yield tokenizer.encode(text, eos=True).to(torch_dtype)
+# ----------------------------------------------------------------------------- the record format and inputs
+
+
+def record_format(
+    recipe: str | None,
+    text_field: str | None,
+    template: str | None,
+    fields: Mapping[str, Sequence[str]] | None,
+    where: Sequence[str],
+) -> tuple[RecordFormat, tuple[DatasetSpec, ...]]:
+    """The format from the options, a recipe filling in what they leave out; and the recipe's datasets."""
+    chosen = get_recipe(recipe) if recipe else None
+    aliases = dict(chosen.aliases) if chosen else {}
+    aliases.update({key: tuple(values) for key, values in (fields or {}).items()})
+    filters = tuple(RowFilter.parse(text) for text in where) or (chosen.where if chosen else ())
+    if template is None and text_field is None and chosen is not None:
+        template, text_field = chosen.template, chosen.text_field
+    fmt = RecordFormat(text_field=text_field or "text", template=template, aliases=aliases, where=filters)
+    return fmt, (chosen.datasets if chosen else ())
+
+
+def plan_pieces(files: Sequence[Path], datasets: Sequence[DatasetSpec], fmt: RecordFormat, item_bytes: int | None) -> list[tuple[Piece, ...]]:
+    total = sum(path.stat().st_size for path in files)
+    size = item_bytes or default_item_bytes(total)
+    pieces = [piece for path in files for piece in file_pieces(path, fmt, size)]
+    pieces += [piece for spec in datasets for piece in dataset_pieces(spec)]
+    return group_items(pieces, size)
+
+
+def _check_first_rows(items: Sequence[tuple[Piece, ...]], fmt: RecordFormat) -> None:
+    """Fail fast, in this process, on fields the first row of the first JSONL inputs lacks (workers check the rest)."""
+    firsts = {piece.source: piece for item in items for piece in item if piece.kind.startswith(".jsonl") and piece.start == 0}
+    for piece in list(firsts.values())[:FIRST_ROW_CHECKS]:
+        first = next(iter_piece_rows(piece, fmt), None)
+        if first is not None:
+            fmt.render(first[1], first[0])
+
+
+# ----------------------------------------------------------------------------- selecting documents
+
+
+def select_documents(
+    items: Sequence[tuple[Piece, ...]],
+    job: JobSpec,
+    workers: int,
+    skip_docs: int,
+    max_docs: int | None,
+    val_docs: int | None,
+    on_progress: Any,
+) -> list[ItemTask]:
+    """The tasks keeping global documents ``[skip_docs, skip_docs + max_docs)``: counts each item's documents first."""
+    tasks = [ItemTask(index, item) for index, item in enumerate(items)]
+    wanted = None if max_docs is None else skip_docs + max_docs
+    if not skip_docs and wanted is None and not val_docs:
+        return tasks
+
+    def enough(done: dict[int, int]) -> bool:
+        if wanted is None:
+            return False
+        total = 0
+        for index in range(len(tasks)):  # only a prefix of finished items counts
+            if index not in done:
+                return False
+            total += done[index]
+            if total >= wanted:
+                return True
+        return False
+
+    counts = run_items(count_item, tasks, job, workers, on_progress, enough)
+    selected: list[ItemTask] = []
+    offset = 0
+    for task in tasks:
+        if task.index not in counts:
+            break
+        count = counts[task.index]
+        first = max(0, skip_docs - offset)
+        stop = count if wanted is None else min(count, wanted - offset)
+        if stop > first:
+            selected.append(ItemTask(task.index, task.pieces, first, stop))
+        offset += count
+    total = sum(task.stop - task.first for task in selected)
+    if val_docs:
+        if val_docs >= total:
+            raise ValueError(f"--val-docs {val_docs} leaves no training documents: the selection holds {total}; lower it")
+        base = 0
+        for position, task in enumerate(selected):
+            selected[position] = ItemTask(task.index, task.pieces, task.first, task.stop, base, total, val_docs)
+            base += task.stop - task.first
+    return selected
 
 
 # ----------------------------------------------------------------------------- writing the shard
+
+
+def _write_index(directory: Path, results: Sequence[ItemResult], split: str, dtype: str, chunk_bytes: int) -> None:
+    chunks = [chunk for result in results for chunk in getattr(result, split).chunks]
+    config = {
+        "chunk_bytes": chunk_bytes,
+        "chunk_size": None,
+        "compression": None,
+        "compression_batch_size": None,
+        "compression_level": None,
+        "data_format": [f"no_header_tensor:{_TOKENS_DTYPE_CODE[dtype]}"],
+        "data_spec": json.dumps([1, {"type": None, "context": None, "children_spec": []}]),
+        "encryption": None,
+        "ipc_compression": None,
+        "item_loader": "TokensLoader",
+        "types": "tensor",
+    }
+    index = {"chunks": chunks, "config": config, "updated_at": str(time.time())}
+    (directory / "index.json").write_text(json.dumps(index, sort_keys=True), encoding="utf-8")
+
+
+class _Progress:
+    """A tqdm bar of documents with tokens and tokens/s, summed over workers."""
+
+    def __init__(self, enabled: bool, what: str) -> None:
+        self.bar = None
+        self.tokens = 0
+        self.start = time.perf_counter()
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=what, unit=" docs", unit_scale=True, dynamic_ncols=True)
+
+    def __call__(self, documents: int, tokens: int) -> None:
+        self.tokens += tokens
+        if self.bar is not None:
+            self.bar.update(documents)
+            if self.tokens:
+                rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+                self.bar.set_postfix_str(f"{self.tokens:,} tokens, {rate / 1e6:.2f} M tokens/s", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _hash_inputs(files: Sequence[Path], into: list[dict]) -> threading.Thread:
+    """Hash the input files in a background thread (the workers are busy tokenizing meanwhile)."""
+
+    def run() -> None:
+        for path in files:
+            into.append({"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": file_sha256(path)})
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def prepare_shard(
+    inputs: Sequence[Path] = (),
+    tokenizer_dir: Path | None = None,
+    output_dir: Path | None = None,
+    text_field: str | None = None,
+    num_workers: int = 1,
+    chunk_bytes: int | str = "64MB",
+    overwrite: bool = False,
+    *,
+    progress: bool = True,
+    template: str | None = None,
+    fields: Mapping[str, Sequence[str]] | None = None,
+    where: Sequence[str] = (),
+    recipe: str | None = None,
+    datasets: Sequence[DatasetSpec] = (),
+    skip_docs: int = 0,
+    max_docs: int | None = None,
+    val_docs: int | None = None,
+    val_fraction: float | None = None,
+    val_output: Path | None = None,
+    item_bytes: int | str | None = None,
+    command: str | None = None,
+) -> PrepareSummary:
+    """Tokenize every selected document (EOS appended) into a litdata token shard at ``output_dir``.
+
+    Inputs are files and directories (``inputs``) and streamed `datasets` datasets (``datasets``; a ``recipe``'s
+    own when neither is given). ``val_docs``/``val_fraction`` hold documents out into ``val_output``
+    (default ``val_output_for(output_dir)``). ``item_bytes`` sizes the work items (default: the inputs / 64,
+    1 MB to 128 MB).
+    """
+    start = time.perf_counter()
+    if tokenizer_dir is None or output_dir is None:
+        raise ValueError("prepare needs --tokenizer-dir and --output")
+    output_dir = Path(output_dir)
+    _check_counts(num_workers, skip_docs, max_docs, val_docs, val_fraction)
+    size = parse_size(chunk_bytes, "--chunk-bytes")
+    work_bytes = None if item_bytes is None else parse_size(item_bytes, "--item-bytes")
+    fmt, recipe_datasets = record_format(recipe, text_field, template, fields, where)
+    files = list_input_files([Path(p) for p in inputs])
+    datasets = tuple(datasets) or (recipe_datasets if not inputs else ())
+    if not files and not datasets:
+        raise ValueError(f"no {'/'.join(SUPPORTED_SUFFIXES)} files in --input {[str(p) for p in inputs]} and no --dataset")
+    tokenizer = load_tokenizer(Path(tokenizer_dir))
+    dtype = token_dtype(vocab_size_with_added(tokenizer))
+    dtype_name = str(dtype).removeprefix("torch.")
+    items = plan_pieces(files, datasets, fmt, work_bytes)
+    _check_first_rows(items, fmt)
+    held_out = val_docs is not None or val_fraction is not None
+    val_dir = Path(val_output) if val_output is not None else val_output_for(output_dir) if held_out else None
+    _clear_output_dir(output_dir, overwrite)
+    if val_dir is not None:
+        _clear_output_dir(val_dir, overwrite)
+    workers = max(1, min(num_workers, len(items)))
+    job = JobSpec(fmt, tokenizer_spec(tokenizer, Path(tokenizer_dir), dtype), str(output_dir.resolve()),
+                  str(val_dir.resolve()) if val_dir else None, size, val_fraction)
+    logger.info("tokenizing %d work item(s) from %d file(s) and %d dataset(s) into %s (%d worker(s), %s tokens)",
+                len(items), len(files), len(datasets), output_dir, workers, dtype_name)
+    hashed: list[dict] = []
+    hasher = _hash_inputs(files, hashed)
+    try:
+        for directory in (output_dir, val_dir):
+            if directory is not None:
+                directory.mkdir(parents=True, exist_ok=True)
+        counting = _Progress(progress and bool(skip_docs or max_docs or val_docs), "counting documents")
+        try:
+            tasks = select_documents(items, job, workers, skip_docs, max_docs, val_docs, counting)
+        finally:
+            counting.close()
+        bar = _Progress(progress, "tokenizing")
+        try:
+            by_index = run_items(tokenize_item, tasks, job, workers, bar)
+        finally:
+            bar.close()
+        results = [by_index[task.index] for task in tasks]
+        if sum(result.train.documents + result.val.documents for result in results) == 0:
+            raise ValueError(f"no non-empty documents in {', '.join(map(str, files)) or 'the datasets'}; check --input, --where")
+        _write_index(output_dir, results, "train", dtype_name, size)
+        if val_dir is not None:
+            if not any(result.val.documents for result in results):
+                raise ValueError("the validation split is empty; raise --val-fraction or pass --val-docs")
+            _write_index(val_dir, results, "val", dtype_name, size)
+    except BaseException:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        if val_dir is not None:
+            shutil.rmtree(val_dir, ignore_errors=True)
+        raise
+    hasher.join()
+    seconds = time.perf_counter() - start
+    common = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command if command is not None else shlex.join(sys.argv),
+        "inputs": hashed,  # in input order: one thread hashed them one after the other
+        "datasets": [{"label": spec.label(), "name": spec.name, "config": spec.config, "split": spec.split,
+                      "data_files": list(spec.data_files), "data_dir": spec.data_dir} for spec in datasets],
+        "record": fmt.describe(),
+        "text_field": fmt.text_field if fmt.template is None else None,
+        "template": fmt.template,
+        "aliases": {key: list(values) for key, values in fmt.aliases.items()},
+        "where": [str(f) for f in fmt.where],
+        "recipe": recipe,
+        "selection": {"skip_docs": skip_docs, "max_docs": max_docs, "val_docs": val_docs, "val_fraction": val_fraction},
+        "tokenizer": _tokenizer_record(tokenizer, Path(tokenizer_dir)),
+        "dtype": dtype_name,
+        "work_items": len(items),
+    }
+    val_summary = None
+    if val_dir is not None:
+        val_summary = _summarize(val_dir, seconds)
+        write_manifest(val_dir, {**common, "split": "val", **_counts(val_summary), "train_shard": str(output_dir)})
+    summary = _summarize(output_dir, seconds, val_summary)
+    write_manifest(output_dir, {**common, "split": "train", **_counts(summary),
+                                "val_shard": str(val_dir) if val_dir is not None else None})
+    return summary
+
+
+def _check_counts(num_workers: int, skip_docs: int, max_docs: int | None, val_docs: int | None, val_fraction: float | None) -> None:
+    if num_workers < 1:
+        raise ValueError(f"--num-workers {num_workers} must be at least 1")
+    if skip_docs < 0:
+        raise ValueError(f"--skip-docs {skip_docs} must be at least 0")
+    if max_docs is not None and max_docs < 1:
+        raise ValueError(f"--max-docs {max_docs} must be at least 1; leave it out to keep every document")
+    if val_docs is not None and val_fraction is not None:
+        raise ValueError("--val-docs and --val-fraction both given; pass one of them")
+    if val_docs is not None and val_docs < 1:
+        raise ValueError(f"--val-docs {val_docs} must be at least 1")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise ValueError(f"--val-fraction {val_fraction} must be between 0 and 1 (exclusive), e.g. 0.01")
+
+
+def _tokenizer_record(tokenizer: Any, tokenizer_dir: Path) -> dict[str, Any]:
+    name = "tokenizer.json" if tokenizer.backend == "huggingface" else "tokenizer.model"
+    return {
+        "name": tokenizer_dir.resolve().name,
+        "dir": str(tokenizer_dir.resolve()),
+        "backend": tokenizer.backend,
+        "vocab_file": name,
+        "vocab_sha256": hashlib.sha256((tokenizer_dir / name).read_bytes()).hexdigest(),
+        "vocab_size": vocab_size_with_added(tokenizer),
+        "eos_id": tokenizer.eos_id,
+        "bos_id": tokenizer.bos_id,
+        "use_bos": bool(tokenizer.use_bos),
+    }
+
+
+def _counts(summary: PrepareSummary) -> dict[str, int]:
+    return {"documents": summary.documents, "tokens": summary.tokens, "chunks": summary.chunks}
 
 
 def _clear_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -296,115 +480,6 @@ def _clear_output_dir(output_dir: Path, overwrite: bool) -> None:
     logger.info("removing the old shard in %s (--overwrite)", output_dir)
     shutil.rmtree(output_dir)
 
-
-@contextlib.contextmanager
-def _litdata_sandbox() -> Iterator[None]:
-    """Give `optimize` a private cache dir and undo its process-wide side effects afterwards.
-
-    litdata wipes `$DATA_OPTIMIZER_CACHE_FOLDER` (default /tmp/chunks) on every run, forces the
-    multiprocessing start method to spawn and installs its own SIGINT handler.
-    """
-    env_keys = ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER", "DATA_OPTIMIZER_NUM_WORKERS")
-    saved_env = {key: os.environ.get(key) for key in env_keys}
-    start_method = multiprocessing.get_start_method(allow_none=True)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    sigint = signal.getsignal(signal.SIGINT) if in_main_thread else None
-    with tempfile.TemporaryDirectory(prefix="sharded_mix_litdata_") as cache:
-        os.environ["DATA_OPTIMIZER_CACHE_FOLDER"] = os.path.join(cache, "chunks")
-        os.environ["DATA_OPTIMIZER_DATA_CACHE_FOLDER"] = os.path.join(cache, "data")
-        try:
-            yield
-        finally:
-            for key, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            multiprocessing.set_start_method(start_method, force=True)
-            if in_main_thread and sigint is not None:
-                signal.signal(signal.SIGINT, sigint)
-
-
-def _worker_value_error(err: RuntimeError) -> ValueError | None:
-    """Our ValueError raised inside a litdata worker arrives as text inside a RuntimeError; recover it."""
-    lines = [line[len("ValueError: ") :] for line in str(err).splitlines() if line.startswith("ValueError: ")]
-    return ValueError(lines[-1]) if lines else None
-
-
-def _run_optimize(
-    files: list[Path],
-    tokenizer_dir: Path,
-    output_dir: Path,
-    text_field: str,
-    dtype: torch.dtype,
-    num_workers: int,
-    chunk_bytes: int,
-    progress: bool,
-) -> None:
-    """One `litdata.optimize` call: the files are the work items, each worker yields one tensor per document."""
-    from litdata import TokensLoader, optimize
-
-    dtype_name = str(dtype).removeprefix("torch.")
-    fn = functools.partial(
-        tokenize_file, tokenizer_dir=str(tokenizer_dir.resolve()), text_field=text_field, dtype=dtype_name
-    )
-    with _litdata_sandbox():
-        optimize(
-            fn=fn,
-            inputs=[str(path.resolve()) for path in files],
-            output_dir=str(output_dir.resolve()),
-            chunk_bytes=chunk_bytes,
-            item_loader=TokensLoader(),
-            num_workers=num_workers,
-            reorder_files=False,  # keep the input order: the shard is deterministic
-            # One worker reads the shared queue in order anyway, and this path spawns no remover process
-            # (~2s saved); several workers get fixed, ordered slices of the files instead of stealing work.
-            keep_data_ordered=num_workers > 1,
-            start_method="spawn",
-            verbose=progress,
-        )
-
-
-def prepare_shard(
-    inputs: Sequence[Path],
-    tokenizer_dir: Path,
-    output_dir: Path,
-    text_field: str = "text",
-    num_workers: int = 1,
-    chunk_bytes: int | str = "64MB",
-    overwrite: bool = False,
-    *,
-    progress: bool = True,
-) -> PrepareSummary:
-    """Tokenize every document of `inputs` (EOS appended) into a litdata token shard at `output_dir`."""
-    start = time.perf_counter()
-    output_dir = Path(output_dir)
-    if num_workers < 1:
-        raise ValueError(f"--num-workers {num_workers} must be at least 1")
-    size = parse_size(chunk_bytes, "--chunk-bytes")
-    files = list_input_files([Path(p) for p in inputs])
-    if not files:
-        raise ValueError(f"no {'/'.join(SUPPORTED_SUFFIXES)} files in --input {[str(p) for p in inputs]}")
-    tokenizer = load_tokenizer(Path(tokenizer_dir))
-    dtype = token_dtype(vocab_size_with_added(tokenizer))
-    _precheck(files, text_field)
-    _clear_output_dir(output_dir, overwrite)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    workers = min(num_workers, len(files))
-    dtype_name = str(dtype).removeprefix("torch.")
-    logger.info("tokenizing %d file(s) into %s (%d worker(s), %s tokens)", len(files), output_dir, workers, dtype_name)
-    try:
-        _run_optimize(files, Path(tokenizer_dir), output_dir, text_field, dtype, workers, size, progress)
-    except RuntimeError as err:
-        shutil.rmtree(output_dir, ignore_errors=True)
-        value_error = _worker_value_error(err)
-        if value_error is not None:
-            raise value_error from err
-        raise
-    except BaseException:
-        shutil.rmtree(output_dir, ignore_errors=True)
-        raise
-    return _summarize(output_dir, time.perf_counter() - start)
 
 
 def write_token_shard(
@@ -441,6 +516,6 @@ def write_token_shard(
     return path
 
 
-def _summarize(output_dir: Path, seconds: float) -> PrepareSummary:
+def _summarize(output_dir: Path, seconds: float, val: PrepareSummary | None = None) -> PrepareSummary:
     shard = shard_from_index(output_dir.name, "", output_dir, read_index(output_dir))
-    return PrepareSummary(output_dir, shard.documents, shard.tokens, shard.chunks, shard.dtype, seconds)
+    return PrepareSummary(output_dir, shard.documents, shard.tokens, shard.chunks, shard.dtype, seconds, val)

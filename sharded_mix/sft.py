@@ -1,0 +1,318 @@
+"""``SFTMixture``: the LitGPT data module for ``litgpt finetune_full`` / ``finetune_lora`` over a mixture of task files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from litgpt.data import DataModule, SFTDataset, get_sft_collate_fn
+from litgpt.prompts import PromptStyle
+from litgpt.tokenizer import Tokenizer
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sharded_mix.datamodule import expand_path, log_rank_zero
+from sharded_mix.mixing.sft_epochs import SFTEpochs
+from sharded_mix.streaming.discovery import discover_shards
+from sharded_mix.streaming.sft_files import ReplayBlocks, apply_template, read_records
+
+logger = logging.getLogger(__name__)
+
+REPLAY_SOURCE = "replay"
+LONG_EXAMPLE_POLICIES = ("truncate", "drop")
+
+
+@dataclass(frozen=True)
+class EncodedTask:
+    """One task file's records and their encodings (``input_ids``, ``labels``, ``token_counts``), length policy applied."""
+
+    name: str
+    path: str
+    records: list[dict]
+    examples: list[dict]
+    truncated: int = 0
+    dropped: int = 0
+    without_targets: int = 0
+
+
+def fit_length(example: dict, max_seq_length: int) -> dict:
+    """``example`` cut to ``max_seq_length`` tokens, as LitGPT's ``SFTDataset`` cuts it."""
+    input_ids, labels = example["input_ids"][:max_seq_length], example["labels"][:max_seq_length]
+    counts = example["token_counts"]
+    return {
+        "input_ids": input_ids, "labels": labels,
+        "token_counts": {"raw": min(counts["raw"], len(input_ids)), "raw_plus_prompt_template": len(input_ids)},
+    }
+
+
+def encode_task(
+    name: str, path: str | Path, tokenizer: Tokenizer, prompt_style: PromptStyle, mask_prompt: bool, ignore_index: int,
+    max_seq_length: int = -1, long_examples: str = "truncate", template: dict[str, str] | None = None,
+) -> EncodedTask:
+    """Read, template and tokenize a task file with LitGPT's ``SFTDataset``; examples longer than ``max_seq_length``
+    (-1: no limit) are cut to it (``truncate``) or left out (``drop``)."""
+    records = apply_template(read_records(path), template, f"task {name!r} ({path})")
+    dataset = SFTDataset(records, tokenizer, prompt_style, -1, mask_prompt, ignore_index)
+    kept, examples, truncated, dropped, without_targets = [], [], 0, 0, 0
+    for index in range(len(dataset)):
+        example = dataset[index]
+        if 0 < max_seq_length < len(example["input_ids"]):
+            if long_examples == "drop":
+                dropped += 1
+                continue
+            example = fit_length(example, max_seq_length)
+            truncated += 1
+        if not bool((example["labels"][1:] != ignore_index).any()):
+            without_targets += 1
+        examples.append(example)
+        kept.append(records[index])
+    return EncodedTask(name, str(path), kept, examples, truncated, dropped, without_targets)
+
+
+class MixedExamples(Dataset):
+    """Sample ``s`` of the mixture (any ``s >= 0``: epoch ``s // len(self)``); ``len``: the epoch size."""
+
+    def __init__(self, epochs: SFTEpochs, pools: dict[str, Sequence[dict]], records: list[dict]) -> None:
+        self.epochs, self.pools = epochs, pools
+        self.data = records  # what LitGPT picks a generation example from
+
+    def __len__(self) -> int:
+        return self.epochs.epoch_size
+
+    def __getitem__(self, sample: int) -> dict:
+        source, index = self.epochs.example(sample)
+        return self.pools[source][index]
+
+
+class Examples(Dataset):
+    """Encoded examples, in order (validation)."""
+
+    def __init__(self, examples: list[dict], records: list[dict]) -> None:
+        self.examples, self.data = examples, records
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.examples[index]
+
+
+class EpochSampler(Sampler[int]):
+    """Yields the samples of one epoch per iteration: ``e·N .. e·N + N − 1`` for the e-th (from ``start``, a sample)."""
+
+    def __init__(self, epoch_size: int, start: int = 0) -> None:
+        self.epoch_size, self.start = epoch_size, start
+        self.epoch = start // epoch_size
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def __iter__(self):
+        first = self.epoch * self.epoch_size
+        self.epoch += 1
+        return iter(range(max(first, self.start), first + self.epoch_size))
+
+
+def prompt_style_named(name: str) -> PromptStyle:
+    """LitGPT's prompt style ``name``; an unknown name is a ValueError listing the known ones."""
+    from litgpt.prompts import prompt_styles
+
+    if name not in prompt_styles:
+        raise ValueError(f"prompt_style {name!r} is not a LitGPT prompt style; use one of {', '.join(sorted(prompt_styles))}.")
+    return PromptStyle.from_name(name)
+
+
+def parse_weights(value: dict | str | None) -> dict[str, float] | None:
+    """``{gsm8k: 0.7, lima: 0.3}`` or ``gsm8k:0.7,lima:0.3``."""
+    if value is None or isinstance(value, dict):
+        return None if value is None else {str(name): float(weight) for name, weight in value.items()}
+    weights = {}
+    for item in filter(None, (part.strip() for part in str(value).split(","))):
+        name, sep, weight = item.rpartition(":")
+        try:
+            weights[name] = float(weight)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise ValueError(f"weights {value!r}: {item!r} is not NAME:WEIGHT; write e.g. gsm8k:0.7,lima:0.3.") from None
+    return weights
+
+
+@dataclass
+class SFTMixture(DataModule):
+    """Instruction task files (JSON / JSONL) mixed by weights, optionally with pretraining blocks replayed among them.
+
+    An epoch is ``epoch_size`` samples (default: every task example once, plus the replay share). Its sources follow
+    the exact blend; each source gives the same examples every epoch (whole passes, then distinct examples), in an
+    order reshuffled every epoch: ``litgpt finetune_full`` counts ``train.epochs`` of it.
+    """
+
+    train_data: dict[str, str | Path] | str | Path = field(default_factory=dict)
+    """Task files by name, ``{gsm8k: data/gsm8k/train.json, lima: data/lima.jsonl}``, or one file (named by its stem)."""
+    val_data: dict[str, str | Path] | str | Path | None = None
+    """Validation task files: one file or several by name; LitGPT's validation loss is over all their examples."""
+    weights: dict[str, float] | str | None = None
+    """The blend of the tasks, ``{gsm8k: 0.7, lima: 0.3}`` or ``gsm8k:0.7,lima:0.3`` (default: their sizes, so an
+    epoch holds every example once). Tasks with weight 0 or left out are not trained on."""
+    epoch_size: int | None = None
+    """Samples per epoch (default: the tasks' examples, divided by 1 − replay_share)."""
+    templates: dict[str, dict[str, str]] | None = None
+    """Per task name (train or val), format strings building ``instruction`` / ``input`` / ``output`` from other
+    fields, e.g. ``{sciq: {instruction: "{question}", input: "{support}", output: "{correct_answer}"}}``."""
+    prompt_style: str | PromptStyle = "alpaca"
+    """A LitGPT prompt style (``litgpt.prompts``), applied to every task."""
+    mask_prompt: bool = False
+    """Train (and validate) on the response only: prompt tokens get ``ignore_index`` labels."""
+    ignore_index: int = -100
+    """The label of tokens left out of the loss."""
+    long_examples: str = "truncate"
+    """Examples longer than ``train.max_seq_length``: ``truncate`` (cut to it, as LitGPT does) or ``drop`` (left out
+    of the pools). Setup logs how many; both are counted per task."""
+    replay_data_path: str | Path | None = None
+    """Pretraining token shards (a typed base directory or one litdata directory) replayed among the tasks."""
+    replay_share: float = 0.0
+    """The share of every epoch's samples that are replay blocks, in [0, 1)."""
+    replay_block_size: int | None = None
+    """Tokens per replay block (default: ``train.max_seq_length``)."""
+    seed: int = 42
+    """Seed of the draws and the epoch orders."""
+    num_workers: int = 4
+    """DataLoader worker processes."""
+    shuffle: bool = True
+    """Reshuffle each source's examples every epoch (False: every epoch in the same order)."""
+
+    tokenizer: Tokenizer | None = field(default=None, init=False, repr=False)
+    batch_size: int = field(default=1, init=False, repr=False)
+    max_seq_length: int = field(default=-1, init=False, repr=False)
+    epochs: SFTEpochs | None = field(default=None, init=False, repr=False)
+    tasks: dict[str, EncodedTask] = field(default_factory=dict, init=False, repr=False)
+    val_tasks: dict[str, EncodedTask] = field(default_factory=dict, init=False, repr=False)
+    train_dataset: MixedExamples | None = field(default=None, init=False, repr=False)
+    test_dataset: Examples | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        self.train_files = self._files(self.train_data, "train_data")
+        if self.val_data is None:
+            raise ValueError("val_data is not set; give one validation task file, or several by name, e.g. val_data: {gsm8k: data/gsm8k/val.json}.")
+        self.val_files = self._files(self.val_data, "val_data")
+        self.task_weights = parse_weights(self.weights)
+        unknown = sorted(set(self.task_weights or {}) - set(self.train_files))
+        if unknown:
+            raise ValueError(f"weights name {unknown[0]!r}, which is not in train_data ({', '.join(self.train_files)}); weight the train_data names.")
+        if self.task_weights is not None and not any(weight > 0 for weight in self.task_weights.values()):
+            raise ValueError(f"weights {self.weights!r} give no task a positive weight; weight at least one task.")
+        if self.long_examples not in LONG_EXAMPLE_POLICIES:
+            raise ValueError(f"long_examples is {self.long_examples!r}; use one of {', '.join(LONG_EXAMPLE_POLICIES)}.")
+        if not 0 <= self.replay_share < 1:
+            raise ValueError(f"replay_share is {self.replay_share!r}; use a share in [0, 1), e.g. 0.1 for 10% replay blocks.")
+        if self.replay_share > 0 and self.replay_data_path is None:
+            raise ValueError(f"replay_share is {self.replay_share:g} but replay_data_path is not set; set it to the pretraining shards to replay.")
+        if self.replay_share > 0 and REPLAY_SOURCE in self.train_files:
+            raise ValueError(f"train_data names a task {REPLAY_SOURCE!r}, the name of the replay source; rename that task.")
+        if self.epoch_size is not None and (isinstance(self.epoch_size, bool) or not isinstance(self.epoch_size, int) or self.epoch_size < 1):
+            raise ValueError(f"epoch_size is {self.epoch_size!r}; use a whole number of samples, 1 or more (default: the tasks' examples).")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers is {self.num_workers}; use 0 (load in the main process) or more.")
+        if isinstance(self.prompt_style, str):
+            self.prompt_style = prompt_style_named(self.prompt_style)
+
+    @staticmethod
+    def _files(value, field_name: str) -> dict[str, str]:
+        if isinstance(value, (str, Path)):
+            value = {Path(str(value)).stem: value}
+        if not isinstance(value, dict) or not value:
+            raise ValueError(f"{field_name} is {value!r}; give a task file, or task files by name, e.g. {{gsm8k: data/gsm8k.json}}.")
+        return {str(name): expand_path(path, f"{field_name}.{name}") for name, path in value.items()}
+
+    def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_seq_length = -1 if max_seq_length is None else max_seq_length
+
+    def _encode(self, name: str, path: str) -> EncodedTask:
+        return encode_task(
+            name, path, self.tokenizer, self.prompt_style, self.mask_prompt, self.ignore_index, self.max_seq_length,
+            self.long_examples, (self.templates or {}).get(name),
+        )
+
+    def setup(self, stage: str = "") -> None:
+        """Read and tokenize every task file, lay out the epochs, and log the plan."""
+        if self.tokenizer is None:
+            raise RuntimeError("call connect(tokenizer, ...) before setup().")
+        weights = self.task_weights or {name: None for name in self.train_files}
+        self.tasks = {name: self._encode(name, path) for name, path in self.train_files.items() if weights.get(name, 0) != 0}
+        self.val_tasks = {name: self._encode(name, path) for name, path in self.val_files.items()}
+        pools: dict[str, Sequence[dict]] = {name: task.examples for name, task in self.tasks.items()}
+        for name, task in self.tasks.items():
+            if not task.examples:
+                raise ValueError(f"task {name!r} ({task.path}) has no example left to train on ({task.dropped} longer than max_seq_length were dropped).")
+        if self.task_weights is None:
+            blend = {name: float(len(pool)) for name, pool in pools.items()}
+        else:
+            blend = {name: weight for name, weight in self.task_weights.items() if weight > 0}
+        total = sum(blend.values())
+        blend = {name: (1 - self.replay_share) * weight / total for name, weight in blend.items()}
+        if self.replay_share > 0:
+            pools[REPLAY_SOURCE] = self._replay_blocks()
+            blend[REPLAY_SOURCE] = self.replay_share
+        epoch_size = self.epoch_size or max(1, round(sum(len(task.examples) for task in self.tasks.values()) / (1 - self.replay_share)))
+        self.epochs = SFTEpochs(blend, {name: len(pool) for name, pool in pools.items()}, epoch_size, self.seed, self.shuffle)
+        first_task = next(iter(self.tasks.values()))
+        self.train_dataset = MixedExamples(self.epochs, pools, first_task.records)
+        val_examples = [example for task in self.val_tasks.values() for example in task.examples]
+        if not val_examples:
+            raise ValueError(f"val_data ({', '.join(self.val_files.values())}) holds no example; give validation examples.")
+        self.test_dataset = Examples(val_examples, [record for task in self.val_tasks.values() for record in task.records])
+        log_rank_zero("%s", format_sft_plan(self.epochs, blend, self.tasks, self.val_tasks, self.max_seq_length))
+
+    def _replay_blocks(self) -> ReplayBlocks:
+        block_size = self.replay_block_size or self.max_seq_length
+        if block_size is None or block_size < 2:
+            raise ValueError("replay needs a block size: set replay_block_size, or train.max_seq_length.")
+        if 0 < self.max_seq_length < block_size:
+            raise ValueError(f"replay_block_size {block_size} is larger than train.max_seq_length {self.max_seq_length}; lower it.")
+        base = expand_path(self.replay_data_path, "replay_data_path")
+        shards = discover_shards(base, field="replay_data_path")
+        blocks = ReplayBlocks(shards, block_size)
+        if len(blocks) < 1:
+            raise ValueError(f"replay_data_path {base!r} holds no block of {block_size} tokens; lower replay_block_size.")
+        return blocks
+
+    def _collate(self):
+        return get_sft_collate_fn(max_seq_length=self.max_seq_length, ignore_index=self.ignore_index)
+
+    def train_dataloader(self, start: int = 0) -> DataLoader:
+        """The training loader; ``start``: the sample to start at (0; LitGPT's finetune_full replays batches instead)."""
+        if self.train_dataset is None:
+            raise RuntimeError("call connect(...) and setup() before asking for data loaders.")
+        return DataLoader(
+            self.train_dataset, batch_size=self.batch_size, sampler=EpochSampler(len(self.train_dataset), start),
+            num_workers=self.num_workers, collate_fn=self._collate(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        if self.test_dataset is None:
+            raise RuntimeError("call connect(...) and setup() before asking for data loaders.")
+        return DataLoader(self.test_dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=self._collate())
+
+
+def format_sft_plan(
+    epochs: SFTEpochs, blend: dict[str, float], tasks: dict[str, EncodedTask], val_tasks: dict[str, EncodedTask], max_seq_length: int
+) -> str:
+    header = f"{'source':<14} {'examples':>9} {'weight':>8} {'per epoch':>10} {'passes':>7} {'cut':>6} {'dropped':>8}  file"
+    limit = "no length limit" if max_seq_length < 1 else f"max_seq_length {max_seq_length}"
+    lines = [f"===== SFT MIXTURE: {epochs.epoch_size:,} samples per epoch, seed {epochs.seed}, {limit} =====", header, "-" * len(header)]
+    for source in epochs.sources:
+        task = tasks.get(source)
+        pool, per_epoch = epochs.pools[source], epochs.per_epoch[source]
+        where = task.path if task else "pretraining blocks"
+        cut, dropped = (task.truncated, task.dropped) if task else (0, 0)
+        lines.append(f"{source:<14} {pool:>9,} {blend[source]:>8.4f} {per_epoch:>10,} {per_epoch / pool:>7.2f} {cut:>6,} {dropped:>8,}  {where}")
+    for name, task in val_tasks.items():
+        lines.append(f"val {name}: {len(task.examples):,} examples ({task.truncated} cut, {task.dropped} dropped), {task.path}")
+    silent = [f"{task.name} ({task.without_targets})" for task in [*tasks.values(), *val_tasks.values()] if task.without_targets]
+    if silent:
+        lines.append("examples without a target token after the cut (they add nothing to the loss): " + ", ".join(silent))
+    return "\n".join(lines)

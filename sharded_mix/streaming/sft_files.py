@@ -1,0 +1,106 @@
+"""Reading SFT task files (JSON / JSONL records) and blocks of pretraining shards replayed among them."""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sharded_mix.shards import Shard
+
+TASK_SUFFIXES = (".json", ".jsonl")
+REQUIRED_FIELDS = ("instruction", "output")
+
+
+def is_task_file(path: str | Path) -> bool:
+    return Path(path).suffix in TASK_SUFFIXES
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a ``.json`` file (a list of objects) or a ``.jsonl`` file (one object a line)."""
+    path = Path(path)
+    if path.suffix not in TASK_SUFFIXES:
+        raise ValueError(f"task file {str(path)!r}: expected a .json or .jsonl file, not {path.suffix or 'no suffix'!r}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {str(path)!r} does not exist; check the path.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            records = json.loads(text)
+        else:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise ValueError(f"task file {str(path)!r} is not valid {path.suffix[1:].upper()}: {err}.") from None
+    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+        raise ValueError(f"task file {str(path)!r}: expected a list of objects (JSON) or one object a line (JSONL).")
+    return records
+
+
+def template_fields(template: Mapping[str, str]) -> set[str]:
+    """The record fields a template's format strings name."""
+    return {name for text in template.values() for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def apply_template(records: Sequence[dict], template: Mapping[str, str] | None, where: str) -> list[dict]:
+    """Records with ``instruction`` / ``output`` (and optionally ``input``): as they are (alpaca-style), or built by
+    ``template``, e.g. ``{instruction: "{question}", output: "{answer}"}`` (Python format strings over the record)."""
+    out = []
+    for number, record in enumerate(records):
+        if template:
+            missing = sorted(template_fields(template) - set(record))
+            if missing:
+                raise ValueError(
+                    f"{where}: record {number} has no field {missing[0]!r} that the template names; its fields are "
+                    f"{', '.join(sorted(record)) or 'none'}. Fix the template or the file."
+                )
+            record = {**record, **{key: text.format_map(record) for key, text in template.items()}}
+        for key in REQUIRED_FIELDS:
+            if not isinstance(record.get(key), str):
+                raise ValueError(
+                    f"{where}: record {number} has no text field {key!r} (fields: {', '.join(sorted(record)) or 'none'}); "
+                    "use alpaca-style instruction/input/output records, or give a template for this source, e.g. "
+                    "{instruction: '{question}', output: '{answer}'}."
+                )
+        out.append(record)
+    return out
+
+
+class ReplayBlocks:
+    """The blocks of ``block_size`` tokens of pretraining shards, one after the other, as SFT examples trained on
+    every token (labels = inputs). Shards are opened lazily, in each DataLoader process."""
+
+    def __init__(self, shards: Sequence[Shard], block_size: int) -> None:
+        self.shards = list(shards)
+        self.block_size = block_size
+        self.starts = np.concatenate([[0], np.cumsum([shard.blocks(block_size) for shard in self.shards])]).astype(np.int64)
+        self._datasets: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        if not 0 <= index < len(self):
+            raise IndexError(f"replay block {index} of {len(self)}")
+        number = int(np.searchsorted(self.starts, index, side="right")) - 1
+        tokens = torch.as_tensor(np.asarray(self._dataset(number)[index - int(self.starts[number])])).to(torch.int64)
+        return {
+            "input_ids": tokens,
+            "labels": tokens.clone(),
+            "token_counts": {"raw": len(tokens), "raw_plus_prompt_template": len(tokens)},
+        }
+
+    def _dataset(self, number: int):
+        if number not in self._datasets:
+            from litdata.streaming import StreamingDataset, TokensLoader
+
+            loader = TokensLoader(block_size=self.block_size)
+            self._datasets[number] = StreamingDataset(self.shards[number].path, item_loader=loader, shuffle=False)
+        return self._datasets[number]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_datasets": {}}  # open datasets stay in the process that opened them

@@ -1,0 +1,323 @@
+"""The engine of `sharded-mix prepare`: work items → TokensLoader chunk files, in worker processes.
+
+Each item is read, filtered, split train/val by document, tokenized in batches (HF ``encode_batch``) and written
+as chunk files ``chunk-<item>-<n>.bin`` in litdata's TokensLoader layout; the caller lists them in ``index.json``
+in item order. Workers are spawned processes that import neither torch nor litdata, and report progress
+(documents, tokens) through a queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import multiprocessing
+import os
+import queue
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sharded_mix.tools.prepare_inputs import Piece, iter_piece_documents
+from sharded_mix.tools.records import RecordFormat
+
+BATCH_CHARS = 1_000_000
+BATCH_DOCS = 1024
+HEADER_ITEM_BYTES = 4
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a worker needs to tokenize exactly like litgpt's ``Tokenizer.encode(text, eos=True)``."""
+
+    backend: str
+    model_file: str
+    eos_id: int
+    bos_id: int | None
+    use_bos: bool
+    dtype: str
+
+    def load(self) -> Any:
+        if self.backend == "huggingface":
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(self.model_file)
+        from sentencepiece import SentencePieceProcessor
+
+        return SentencePieceProcessor(model_file=self.model_file)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Settings every item shares."""
+
+    fmt: RecordFormat
+    tokenizer: TokenizerSpec
+    train_dir: str
+    val_dir: str | None
+    chunk_bytes: int
+    val_fraction: float | None = None
+
+
+@dataclass(frozen=True)
+class ItemTask:
+    """One work item and which of its documents to keep: local indices ``[first, stop)``.
+
+    With ``val_docs``, the kept documents are numbered ``selected_base, selected_base + 1, ...`` among all
+    ``selected_total`` kept documents, and exactly ``val_docs`` of those numbers, evenly spread, go to val.
+    """
+
+    index: int
+    pieces: tuple[Piece, ...]
+    first: int = 0
+    stop: int | None = None
+    selected_base: int = 0
+    selected_total: int = 0
+    val_docs: int = 0
+
+
+@dataclass
+class SplitResult:
+    chunks: list[dict] = field(default_factory=list)
+    documents: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class ItemResult:
+    index: int
+    train: SplitResult
+    val: SplitResult
+
+
+def is_val_by_hash(text: str, fraction: float) -> bool:
+    """Whether a document belongs to the validation split: a hash of its text below ``fraction``."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
+def is_val_by_index(selected: int, total: int, val_docs: int) -> bool:
+    """Whether kept document number ``selected`` (of ``total``) is one of ``val_docs`` evenly spread ones."""
+    return (selected + 1) * val_docs // total > selected * val_docs // total
+
+
+def item_documents(task: ItemTask, fmt: RecordFormat) -> Iterator[str]:
+    """The documents the task keeps, in order."""
+    documents = itertools.chain.from_iterable(iter_piece_documents(piece, fmt) for piece in task.pieces)
+    return itertools.islice(documents, task.first, task.stop)
+
+
+def count_item(task: ItemTask, job: JobSpec, report: Callable[[int, int], None]) -> int:
+    """The number of documents of an item (filters applied), without tokenizing."""
+    count = 0
+    for count, _ in enumerate(item_documents(task, job.fmt), start=1):
+        if count % 10_000 == 0:
+            report(10_000, 0)
+    report(count % 10_000, 0)
+    return count
+
+
+class ChunkWriter:
+    """Documents → chunk files ``chunk-<item>-<n>.bin`` (TokensLoader layout), each about ``chunk_bytes``."""
+
+    def __init__(self, directory: str, item: int, dtype: str, chunk_bytes: int) -> None:
+        self.directory = Path(directory)
+        self.item = item
+        self.dtype = np.dtype(dtype)
+        self.limit = chunk_bytes
+        self.pending: list[np.ndarray] = []
+        self.pending_bytes = 0
+        self.result = SplitResult()
+
+    def add(self, tokens: np.ndarray) -> None:
+        size = tokens.nbytes
+        if self.pending and self.pending_bytes + size > self.limit:
+            self.flush()
+        self.pending.append(tokens)
+        self.pending_bytes += size
+        self.result.documents += 1
+        self.result.tokens += len(tokens)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        count = len(self.pending)
+        sizes = np.fromiter((doc.nbytes for doc in self.pending), dtype=np.int64, count=count)
+        header_bytes = (count + 2) * HEADER_ITEM_BYTES
+        offsets = header_bytes + np.concatenate([[0], np.cumsum(sizes)])
+        if offsets[-1] >= 2**32:
+            raise ValueError(f"a chunk of {offsets[-1]:,} bytes does not fit TokensLoader's uint32 offsets; lower --chunk-bytes")
+        header = np.concatenate([[count], offsets]).astype(np.uint32)
+        name = f"chunk-{self.item}-{len(self.result.chunks)}.bin"
+        with open(self.directory / name, "wb") as out:
+            out.write(header.tobytes())
+            for doc in self.pending:
+                out.write(doc.tobytes())
+        tokens = int(sizes.sum()) // self.dtype.itemsize
+        self.result.chunks.append({"chunk_bytes": int(offsets[-1]), "chunk_size": count, "dim": tokens, "filename": name})
+        self.pending, self.pending_bytes = [], 0
+
+
+class _Encoder:
+    """Batches of texts → EOS-terminated token arrays, as litgpt's ``Tokenizer.encode(text, eos=True)``."""
+
+    def __init__(self, spec: TokenizerSpec) -> None:
+        self.spec = spec
+        self.processor = spec.load()
+        self.dtype = np.dtype(spec.dtype)
+        if spec.backend == "huggingface":
+            self._batch = getattr(self.processor, "encode_batch_fast", self.processor.encode_batch)
+        else:
+            self._batch = None
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        if self._batch is not None:
+            id_lists = [encoding.ids for encoding in self._batch(texts)]
+        else:
+            id_lists = self.processor.encode(texts)
+        return [np.asarray(self._finish(ids), dtype=self.dtype) for ids in id_lists]
+
+    def _finish(self, ids: list[int]) -> list[int]:
+        spec = self.spec
+        if spec.use_bos:
+            if not ids or ids[0] != spec.bos_id:
+                ids = [spec.bos_id, *ids]
+        elif ids and spec.bos_id is not None and ids[0] == spec.bos_id:
+            ids = ids[1:]
+        if not ids or ids[-1] != spec.eos_id:
+            ids.append(spec.eos_id)
+        return ids
+
+
+_ENCODERS: dict[TokenizerSpec, _Encoder] = {}
+
+
+def _encoder(spec: TokenizerSpec) -> _Encoder:
+    if spec not in _ENCODERS:
+        _ENCODERS[spec] = _Encoder(spec)
+    return _ENCODERS[spec]
+
+
+def tokenize_item(task: ItemTask, job: JobSpec, report: Callable[[int, int], None]) -> ItemResult:
+    """Write one item's documents as chunk files; returns what was written, per split."""
+    encoder = _encoder(job.tokenizer)
+    train = ChunkWriter(job.train_dir, task.index, job.tokenizer.dtype, job.chunk_bytes)
+    val = ChunkWriter(job.val_dir, task.index, job.tokenizer.dtype, job.chunk_bytes) if job.val_dir else None
+    batch: list[str] = []
+    routes: list[ChunkWriter] = []
+    chars = 0
+
+    def flush() -> None:
+        nonlocal chars
+        tokens = 0
+        for writer, ids in zip(routes, encoder.encode(batch)):
+            writer.add(ids)
+            tokens += len(ids)
+        report(len(batch), tokens)
+        batch.clear()
+        routes.clear()
+        chars = 0
+
+    for number, text in enumerate(item_documents(task, job.fmt)):
+        writer = train
+        if val is not None:
+            if task.val_docs:
+                held_out = is_val_by_index(task.selected_base + number, task.selected_total, task.val_docs)
+            else:
+                held_out = job.val_fraction is not None and is_val_by_hash(text, job.val_fraction)
+            writer = val if held_out else train
+        batch.append(text)
+        routes.append(writer)
+        chars += len(text)
+        if chars >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
+            flush()
+    if batch:
+        flush()
+    train.flush()
+    if val is not None:
+        val.flush()
+    return ItemResult(task.index, train.result, val.result if val is not None else SplitResult())
+
+
+# ----------------------------------------------------------------------------- running items
+
+
+_QUEUE: Any = None
+_JOB: JobSpec | None = None
+
+
+def _init_worker(progress_queue: Any, job: JobSpec) -> None:
+    global _QUEUE, _JOB
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    _QUEUE, _JOB = progress_queue, job
+
+
+def _queue_report(documents: int, tokens: int) -> None:
+    if _QUEUE is not None and (documents or tokens):
+        _QUEUE.put((documents, tokens))
+
+
+def _run_in_worker(fn: Callable[[ItemTask, JobSpec, Callable[[int, int], None]], Any], task: ItemTask) -> Any:
+    assert _JOB is not None
+    return fn(task, _JOB, _queue_report)
+
+
+def run_items(
+    fn: Callable[[ItemTask, JobSpec, Callable[[int, int], None]], Any],
+    tasks: Sequence[ItemTask],
+    job: JobSpec,
+    workers: int,
+    on_progress: Callable[[int, int], None],
+    enough: Callable[[dict[int, Any]], bool] = lambda done: False,
+) -> dict[int, Any]:
+    """``fn`` over ``tasks`` on ``workers`` processes (in this process for one): results by task index.
+
+    Tasks start in order with at most ``2 * workers`` in flight; once ``enough(results)`` holds, no new task starts.
+    """
+    results: dict[int, Any] = {}
+    if workers <= 1:
+        for task in tasks:
+            if enough(results):
+                break
+            results[task.index] = fn(task, job, on_progress)
+        return results
+    context = multiprocessing.get_context("spawn")
+    progress_queue = context.Queue()
+    pending = iter(tasks)
+    running: dict[Future, ItemTask] = {}
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue, job)) as pool:
+        try:
+            while True:
+                while len(running) < 2 * workers and not enough(results):
+                    task = next(pending, None)
+                    if task is None:
+                        break
+                    running[pool.submit(_run_in_worker, fn, task)] = task
+                if not running:
+                    break
+                done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(progress_queue, on_progress)
+                for future in done:
+                    task = running.pop(future)
+                    results[task.index] = future.result()
+        except BaseException:
+            for future in running:
+                future.cancel()
+            raise
+        finally:
+            _drain(progress_queue, on_progress, wait_s=0.05)
+    return results
+
+
+def _drain(progress_queue: Any, on_progress: Callable[[int, int], None], wait_s: float = 0.0) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            documents, tokens = progress_queue.get(timeout=max(0.0, deadline - time.monotonic()) or 0.001)
+        except queue.Empty:
+            return
+        on_progress(documents, tokens)
