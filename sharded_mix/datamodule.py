@@ -227,6 +227,7 @@ class ShardedMixedDataset(DataModule):
     """Reference configs only: accepted, no effect."""
     _fabric_nodes: int | None = field(init=False, repr=False, default=None)
     _run: str | None = field(init=False, repr=False, default=None)
+    _run_steps: int | None = field(init=False, repr=False, default=None)  # where train.max_tokens ends the run
     stop_rule: StopRule = field(init=False, repr=False, default_factory=StopRule)
 
     batch_size: int = field(init=False, repr=False, default=1)
@@ -332,6 +333,8 @@ class ShardedMixedDataset(DataModule):
                 "train.global_batch_size, or global_batch_size in the data init_args."
             )
         max_tokens = getattr(train, "max_tokens", None)
+        if max_tokens is not None:
+            self._run_steps = max_tokens // (self.global_batch_size * (self.seq_length - 1))
         if rule.at_step is not None and max_tokens is not None:
             needed = rule.at_step * self.global_batch_size * (self.seq_length - 1)
             if max_tokens < needed:
@@ -527,7 +530,7 @@ class ShardedMixedDataset(DataModule):
         return staged_loader(
             mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source, self.on_data_change,
             self.chunk_cache(), self.prefetch_chunks, nodes, self.stop_rule, self.global_batch_size, self._run,
-            self.restart_data_on_resume,
+            self.restart_data_on_resume, self._run_steps,
         )
 
     def node_count(self, rank: int, world_size: int) -> int:

@@ -95,3 +95,18 @@ def test_restart_data_on_resume_starts_every_source_over_at_the_same_step(scenar
 def test_bad_stops_are_refused_before_any_step(scenario, fields, train, message):
     with pytest.raises(ValueError, match=message):
         make(scenario, batch_size=4, **{**FIELDS, **fields})
+
+
+def test_stop_after_steps_past_max_tokens_is_refused_at_the_resume(scenario):
+    train = TrainArgs(global_batch_size=8, micro_batch_size=4, max_tokens=6 * 8 * 15)  # connect reads it, as under litgpt
+    assert train.max_tokens // (8 * 15) == 6  # litgpt ends the run at step 6
+    parent = make(scenario, batch_size=4, **FIELDS).train_dataloader()
+    take(parent, 6)  # step 3
+    fits = make(scenario, batch_size=4, stop_after_steps=3, **FIELDS).train_dataloader()
+    fits.load_state_dict(parent.state_dict())
+    assert fits.stop_step() == 6
+    branch = make(scenario, batch_size=4, stop_after_steps=4, **FIELDS).train_dataloader()  # a fresh run would end at 4: fine
+    with pytest.raises(ValueError, match="stop_after_steps 4 from step 3: step 7, but train.max_tokens ends the run at step 6"):
+        branch.load_state_dict(parent.state_dict())
+    with pytest.raises(ValueError, match="ends the run at step 6"):
+        make(scenario, batch_size=4, stop_after_steps=7, **FIELDS).train_dataloader()

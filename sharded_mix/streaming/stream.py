@@ -169,6 +169,7 @@ class MixtureLoader(DataLoader):
         global_batch_size: int | None = None,
         run: str | None = None,
         restart_on_resume: bool = False,
+        run_steps: int | None = None,
     ) -> None:
         remote = any(is_url(shard.path) for shard in dataset.shards.values())
         # obstore's runtime does not survive fork() once the main process has used it (discovery did)
@@ -181,12 +182,14 @@ class MixtureLoader(DataLoader):
         self._saved_fingerprints: dict[str, dict] = {}  # of set-aside sources this run does not read
         self.stop, self.global_batch_size, self.run, self.restart_on_resume = stop, global_batch_size, run, restart_on_resume
         self.stop_anchor = 0  # the step stop_after_steps counts from
+        self.run_steps = run_steps  # where train.max_tokens ends the run (None: unknown)
         if stop.active and global_batch_size is None:
             name = "stop_at_step" if stop.at_step is not None else "stop_after_steps"
             raise ValueError(
                 f"{name} is set but the data args have no global_batch_size, so the step cannot be turned into samples; "
                 "set global_batch_size (= train.global_batch_size) in the data init_args."
             )
+        self._check_stop_within_run()
 
     def __len__(self) -> int:
         """Batches in one pass over the first stage's blocks on this rank (LitGPT's ``lr_warmup_fraction`` uses it)."""
@@ -357,6 +360,16 @@ class MixtureLoader(DataLoader):
                 f"{self.stop.describe(self.stop_anchor)}, but the checkpoint resumed is at step {resume_step:,}, past it; "
                 "raise the stop step, or resume from an earlier checkpoint."
             )
+        self._check_stop_within_run()
+
+    def _check_stop_within_run(self) -> None:
+        """``train.max_tokens`` must not end the run before the stop step (a fresh run counts from step 0)."""
+        stop = self.stop_step()
+        if stop is not None and self.run_steps is not None and stop > self.run_steps:
+            raise ValueError(
+                f"{self.stop.describe(self.stop_anchor)}, but train.max_tokens ends the run at step {self.run_steps:,}; raise "
+                f"max_tokens to at least {stop:,} steps' worth ({stop:,} × global batch × max_seq_length tokens), or stop earlier."
+            )
 
     def _warn_block_size_change(self, state: Mapping) -> None:
         """The cost of resuming a stage with another ``max_seq_length``: the rest of each epoch in progress."""
@@ -401,13 +414,16 @@ def staged_loader(
     global_batch_size: int | None = None,
     run: str | None = None,
     restart_on_resume: bool = False,
+    run_steps: int | None = None,
 ) -> MixtureLoader:
     """The training loader for a schedule of stages (starts in samples per rank); remote shards are read through
     ``cache``, ``prefetch_chunks`` chunks ahead of each source's window; on ``nodes`` nodes each reads its slices.
     ``stop`` ends the stream after a step (``run``: the run's out_dir, which ``stop_after_steps`` anchors are kept for)."""
     rank, world_size = distributed_rank_world()
     stream = MixtureStream(shards, stages, batch_size, shuffle, rank, world_size, cache, prefetch_chunks, nodes)
-    return MixtureLoader(stream, num_workers, max_epochs_per_source, on_data_change, stop, global_batch_size, run, restart_on_resume)
+    return MixtureLoader(
+        stream, num_workers, max_epochs_per_source, on_data_change, stop, global_batch_size, run, restart_on_resume, run_steps,
+    )
 
 
 def validation_loader(
