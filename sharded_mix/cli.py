@@ -341,6 +341,33 @@ def _run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval_results(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval-results",
+        help="collect the litgpt evaluate results of every checkpoint of a run into one CSV",
+        description="Read EVAL_DIR/<checkpoint>/results.json for every step-N and final directory (as "
+        "training_scripts/eval_checkpoints.sh lays them out) and write one CSV row per checkpoint, task and metric. "
+        "Exit code 1 when some results.json are missing or broken (the CSV then holds the others).",
+    )
+    p.add_argument("eval_dir", type=Path, help="the --eval-dir of eval_checkpoints.sh (default RUN_DIR/eval)")
+    p.add_argument("--csv", type=Path, help="the CSV to write (default: EVAL_DIR/results.csv)")
+    p.set_defaults(func=_run_eval_results)
+
+
+def _run_eval_results(args: argparse.Namespace) -> int:
+    from sharded_mix.tools.eval_results import collect, write_csv
+
+    rows, problems = collect(args.eval_dir)
+    csv_path = args.csv or args.eval_dir / "results.csv"
+    write_csv(rows, csv_path)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    checkpoints = len({row.checkpoint for row in rows})
+    print(f"wrote {len(rows)} rows for {checkpoints} checkpoint(s) to {csv_path}"
+          + (f"; {len(problems)} checkpoint(s) left out (see above)" if problems else ""))
+    return 1 if problems else 0
+
+
 def _add_val_loss(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "val-loss",
@@ -485,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_link(subparsers)
     _add_merge(subparsers)
     _add_sweep(subparsers)
+    _add_eval_results(subparsers)
     _add_val_loss(subparsers)
     return parser
 

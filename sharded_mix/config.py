@@ -62,12 +62,19 @@ class RunSizes:
     """The step of the checkpoint the config's ``resume`` names (``.../step-00040000/lit_model.pth``), else 0."""
 
 
-def checkpoint_step(resume: object) -> int:
-    """The step in a ``resume`` path's ``step-N`` directory; 0 for none, ``auto``, true or false."""
-    import re
+STEP_DIR = re.compile(r"step-(\d+)")
+"""LitGPT's checkpoint directories: ``step-00040000``."""
 
-    match = re.search(r"step-(\d+)", str(resume)) if isinstance(resume, str) else None
-    return int(match.group(1)) if match else 0
+
+def checkpoint_step(path: object) -> int | None:
+    """The step of the ``step-N`` directory a checkpoint path or name is in (``out/run/step-00040000/lit_model.pth``,
+    ``step-00040000``); None for ``final``, ``auto``, true, false and any other name."""
+    if not isinstance(path, (str, Path)):
+        return None
+    for part in reversed(Path(path).parts):
+        if match := STEP_DIR.fullmatch(part):
+            return int(match.group(1))
+    return None
 
 
 def load_run_config(path: str | Path) -> tuple[dict, RunSizes]:
@@ -113,5 +120,5 @@ def load_run_config(path: str | Path) -> tuple[dict, RunSizes]:
         max_seq_length or LITGPT_MAX_SEQ_LENGTH,
         train.get("max_tokens"),
         data_global if data_global is not None else train_global,
-        checkpoint_step(config.get("resume")),
+        checkpoint_step(config.get("resume")) or 0,
     )

@@ -307,7 +307,7 @@ class ShardedMixedDataset(DataModule):
         self._run = None if out_dir is None else str(out_dir.resolve())
         self.batch_size = batch_size
         self.seq_length = (max_seq_length if max_seq_length is not None else 2048) + 1
-        stage_starts(self.schedule, self.global_batch_size, self.seq_length - 1)  # order, gaps and overlaps, before any I/O
+        starts = stage_starts(self.schedule, self.global_batch_size, self.seq_length - 1)  # order, gaps and overlaps, before any I/O
         for stage in self.schedule:
             if stage.seq_len is not None and stage.seq_len > self.seq_length - 1:
                 raise ValueError(
@@ -316,7 +316,6 @@ class ShardedMixedDataset(DataModule):
                 )
         self._check_stop(train)
         if self.global_batch_size is not None:
-            starts = stage_starts(self.schedule, self.global_batch_size, self.seq_length - 1)
             publish_stage_steps({stage.name: -(-start // self.global_batch_size) for stage, start in zip(self.schedule, starts)})
         if out_dir is not None and self.stop_rule.active:
             self._exit_if_finished(out_dir)
@@ -333,16 +332,10 @@ class ShardedMixedDataset(DataModule):
                 "train.global_batch_size, or global_batch_size in the data init_args."
             )
         max_tokens = getattr(train, "max_tokens", None)
+        step_tokens = self.global_batch_size * (self.seq_length - 1)
         if max_tokens is not None:
-            self._run_steps = max_tokens // (self.global_batch_size * (self.seq_length - 1))
-        if rule.at_step is not None and max_tokens is not None:
-            needed = rule.at_step * self.global_batch_size * (self.seq_length - 1)
-            if max_tokens < needed:
-                raise ValueError(
-                    f"stop_at_step is {rule.at_step:,} but train.max_tokens {max_tokens:,} ends the run at step "
-                    f"{max_tokens // (self.global_batch_size * (self.seq_length - 1)):,}; raise max_tokens to at least {needed:,} "
-                    f"({rule.at_step:,} steps × {self.global_batch_size} × {self.seq_length - 1} tokens)."
-                )
+            self._run_steps = max_tokens // step_tokens
+        rule.check_within(0, self._run_steps, step_tokens)  # stop_after_steps: a resume can only move the stop later
 
     def _exit_if_finished(self, out_dir: Path) -> None:
         """A relaunch of a run whose ``final/`` already holds its stop step does nothing (``final/`` stays as it is)."""

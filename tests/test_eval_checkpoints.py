@@ -1,4 +1,4 @@
-"""training_scripts/eval_checkpoints.sh (with --dry-run, and with a fake litgpt) and sharded_mix.tools.eval_results."""
+"""training_scripts/eval_checkpoints.sh (with --dry-run, and with a fake litgpt) and `sharded-mix eval-results` (sharded_mix.tools.eval_results)."""
 
 import copy
 import csv
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sharded_mix.tools import eval_results
+from sharded_mix.cli import main
 from sharded_mix.tools.eval_results import EvalRow, checkpoint_order, collect, parse_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_main_writes_one_csv_sorted_by_step_with_final_last(tmp_path, capsys):
     write_results(eval_dir, "step-00002000", results_with_acc(0.4))
     (eval_dir / "plots").mkdir()  # not a checkpoint: ignored
 
-    assert eval_results.main([str(eval_dir)]) == 0
+    assert main(["eval-results", str(eval_dir)]) == 0
     out_csv = eval_dir / "results.csv"
     text = out_csv.read_text()
     assert text.splitlines()[:3] == [
@@ -145,7 +145,7 @@ def test_missing_or_broken_results_are_named_and_the_others_still_collected(tmp_
     assert problems[3] == f"{empty}: holds no metrics; delete it and run eval_checkpoints.sh again"
 
     out_csv = tmp_path / "out" / "all.csv"
-    assert eval_results.main([str(eval_dir), "--csv", str(out_csv)]) == 1
+    assert main(["eval-results", str(eval_dir), "--csv", str(out_csv)]) == 1
     assert {row["checkpoint"] for row in read_csv(out_csv)} == {"step-00002000"}
     captured = capsys.readouterr()
     assert captured.err.count("error: ") == 4 and f"error: {broken}: unreadable" in captured.err
@@ -159,7 +159,7 @@ def test_missing_or_broken_results_are_named_and_the_others_still_collected(tmp_
 def test_main_on_a_missing_or_empty_eval_dir_exits_2(tmp_path, capsys, make, message):
     eval_dir = tmp_path / "eval"
     make(eval_dir)
-    assert eval_results.main([str(eval_dir)]) == 2
+    assert main(["eval-results", str(eval_dir)]) == 2
     assert message in capsys.readouterr().err
     assert not (eval_dir / "results.csv").exists()
 
@@ -242,7 +242,7 @@ def test_dry_run_prints_the_commands_in_step_order_and_writes_nothing(script, ru
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         *commands("step-00002000"), *commands("step-00010000"), *commands("final"),
-        "python -m sharded_mix.tools.eval_results run/eval --csv run/eval/results.csv",
+        "python -m sharded_mix.cli eval-results run/eval --csv run/eval/results.csv",
     ]
     assert "skipping run/step-00004000: no lit_model.pth" in result.stderr
     assert calls == [] and files_under(tmp_path) == before
@@ -257,7 +257,7 @@ def test_dry_run_skips_evaluated_checkpoints_and_converted_models(script, run_di
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "rm -rf run/eval/step-00010000/model.partial", *commands("step-00010000"), commands("final")[-1],
-        "python -m sharded_mix.tools.eval_results run/eval --csv run/eval/results.csv",
+        "python -m sharded_mix.cli eval-results run/eval --csv run/eval/results.csv",
     ]
     assert "step-00002000: already evaluated (run/eval/step-00002000/results.json), skipping" in result.stderr
 
@@ -272,7 +272,7 @@ def test_dry_run_passes_the_options_through(script, run_dir):
                         "--limit 20 --out_dir 'evals/run one/step-00010000' --save_filepath 'evals/run one/step-00010000/results.json' "
                         "--force_conversion true --dtype bfloat16")
     assert lines[3] == "litgpt convert_pretrained_checkpoint run/final 'evals/run one/final/model.partial'"
-    assert len(lines) == 7 and lines[6] == "python -m sharded_mix.tools.eval_results 'evals/run one' --csv all.csv"
+    assert len(lines) == 7 and lines[6] == "python -m sharded_mix.cli eval-results 'evals/run one' --csv all.csv"
 
 
 @pytest.mark.parametrize("args, message", [

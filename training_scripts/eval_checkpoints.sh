@@ -126,6 +126,6 @@ for name in "${names[@]}"; do
 done
 
 collected=0
-run python -m sharded_mix.tools.eval_results "$eval_dir" --csv "$csv" || collected=$?
+run python -m sharded_mix.cli eval-results "$eval_dir" --csv "$csv" || collected=$?
 (( ${#failed[@]} == 0 )) || { say "failed: ${failed[*]} (the lines above say why); run the script again to retry them"; exit 1; }
 exit "$collected"

@@ -189,7 +189,6 @@ class MixtureLoader(DataLoader):
                 f"{name} is set but the data args have no global_batch_size, so the step cannot be turned into samples; "
                 "set global_batch_size (= train.global_batch_size) in the data init_args."
             )
-        self._check_stop_within_run()
 
     def __len__(self) -> int:
         """Batches in one pass over the first stage's blocks on this rank (LitGPT's ``lr_warmup_fraction`` uses it)."""
@@ -360,16 +359,7 @@ class MixtureLoader(DataLoader):
                 f"{self.stop.describe(self.stop_anchor)}, but the checkpoint resumed is at step {resume_step:,}, past it; "
                 "raise the stop step, or resume from an earlier checkpoint."
             )
-        self._check_stop_within_run()
-
-    def _check_stop_within_run(self) -> None:
-        """``train.max_tokens`` must not end the run before the stop step (a fresh run counts from step 0)."""
-        stop = self.stop_step()
-        if stop is not None and self.run_steps is not None and stop > self.run_steps:
-            raise ValueError(
-                f"{self.stop.describe(self.stop_anchor)}, but train.max_tokens ends the run at step {self.run_steps:,}; raise "
-                f"max_tokens to at least {stop:,} steps' worth ({stop:,} × global batch × max_seq_length tokens), or stop earlier."
-            )
+        self.stop.check_within(self.stop_anchor, self.run_steps)
 
     def _warn_block_size_change(self, state: Mapping) -> None:
         """The cost of resuming a stage with another ``max_seq_length``: the rest of each epoch in progress."""

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import os
-import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sharded_mix.config import checkpoint_step
 from sharded_mix.mixing.cursor import entry_position, saved_ordering
 from sharded_mix.mixing.state import validate_state
 from sharded_mix.mixing.transition import pin_note
 
 CHECKPOINT_FILE = "lit_model.pth"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def _step_entries(out_dir: Path) -> dict[int, Path]:
     """Every entry of ``out_dir`` named ``step-NNNNNNNN``, by step, in step order."""
-    return dict(sorted((int(match.group(1)), entry) for entry in out_dir.iterdir() if (match := _STEP_DIR.match(entry.name))))
+    return dict(sorted((step, entry) for entry in out_dir.iterdir() if (step := checkpoint_step(entry.name)) is not None))
 
 
 def checkpoint_steps(out_dir: str | Path) -> dict[int, Path]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from sharded_mix.config import DATA_CLASS
+from sharded_mix.config import DATA_CLASS, checkpoint_step
 
 OPTIMIZER_CLASS = "sharded_mix.training.ScheduledAdamW"
 REFERENCE_ONLY_DATA_ARGS = ("val_split_fraction", "fast_dev_run", "data_split", "dataset_name", "num_samples", "num_val_samples")
@@ -152,10 +152,7 @@ def _block_size(config: dict) -> int:
 
 def _start_step(config: dict) -> int | None:
     resume = config.get("resume", False)
-    if resume in (False, None):
-        return 0
-    match = re.search(r"step-(\d+)", str(resume)) if isinstance(resume, str) and resume != "auto" else None
-    return int(match.group(1)) if match else None
+    return 0 if resume in (False, None) else checkpoint_step(resume)
 
 
 def _horizon(train: dict, run: _Run) -> tuple[int, str]:
@@ -264,15 +261,16 @@ def _convert_train(train: dict, run: _Run, stop: dict, schedule_moved: bool, not
     return converted
 
 
+def _known_only(args: dict, known, where: str, why: str, notes: list[str]) -> dict:
+    """``args`` without the keys not in ``known``, each removal noted as ``<where>.<key>: <value> -> removed (<why>).``"""
+    for key, value in args.items():
+        if key not in known:
+            notes.append(f"{where}.{key}: {value!r} -> removed ({why}).")
+    return {key: value for key, value in args.items() if key in known}
+
+
 def _convert_eval(eval_args: dict, notes: list[str]) -> dict:
-    known = _upstream().eval_fields
-    converted = {}
-    for key, value in eval_args.items():
-        if key in known:
-            converted[key] = value
-        else:
-            notes.append(f"eval.{key}: {value!r} -> removed (litgpt's EvalArgs has no such field).")
-    return converted
+    return _known_only(eval_args, _upstream().eval_fields, "eval", "litgpt's EvalArgs has no such field", notes)
 
 
 def _optimizer_parts(optimizer) -> tuple[str, dict]:
@@ -368,13 +366,7 @@ def _scheduled_optimizer(optimizer, train: dict, run: _Run, notes: list[str]) ->
             f"optimizer is {class_path!r} and train.lr_scheduler is {kind!r}: the schedule moves to {OPTIMIZER_CLASS}, which is "
             "AdamW only; use AdamW in REF, or drop train.lr_scheduler to keep litgpt's own schedule."
         )
-    accepted = _upstream().optimizer_args
-    kept = {}
-    for key, value in init_args.items():
-        if key in accepted:
-            kept[key] = value
-        else:
-            notes.append(f"optimizer.init_args.{key}: {value!r} -> removed ({OPTIMIZER_CLASS} does not take it).")
+    kept = _known_only(init_args, _upstream().optimizer_args, "optimizer.init_args", f"{OPTIMIZER_CLASS} does not take it", notes)
     if train.get("max_lr") is not None:
         notes.append(f"train.max_lr: {train['max_lr']!r} -> optimizer.init_args.lr: {train['max_lr']!r} (the peak LR; it was {kept.get('lr', 'unset')!r}).")
         kept = {"lr": train["max_lr"], **kept} if "lr" not in kept else {**kept, "lr": train["max_lr"]}

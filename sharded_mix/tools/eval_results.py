@@ -1,25 +1,23 @@
 """One CSV from the lm-eval results that `litgpt evaluate` wrote for each checkpoint of a run.
 
-``python -m sharded_mix.tools.eval_results EVAL_DIR [--csv FILE]`` reads ``EVAL_DIR/<checkpoint>/results.json`` for
+``sharded-mix eval-results EVAL_DIR [--csv FILE]`` reads ``EVAL_DIR/<checkpoint>/results.json`` for
 every ``step-N`` and ``final`` directory (as training_scripts/eval_checkpoints.sh lays them out) and writes one row per
 checkpoint, task and metric, checkpoints by step and ``final`` last.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import os
-import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sharded_mix.config import checkpoint_step
+
 RESULTS_FILE = "results.json"
 CSV_COLUMNS = ("checkpoint", "step", "task", "metric", "value", "stderr", "is_group")
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -33,12 +31,6 @@ class EvalRow:
     stderr: float | None
     is_group: bool
     """A group's aggregate (e.g. ``mmlu``, ``mmlu_humanities``) rather than one task."""
-
-
-def checkpoint_step(name: str) -> int | None:
-    """The step in a ``step-NNNNNNNN`` name; None for ``final`` and other names."""
-    match = _STEP_DIR.match(name)
-    return int(match.group(1)) if match else None
 
 
 def checkpoint_order(name: str) -> tuple:
@@ -99,7 +91,7 @@ def checkpoint_dirs(eval_dir: str | Path) -> list[Path]:
     eval_dir = Path(eval_dir)
     if not eval_dir.is_dir():
         raise ValueError(f"eval dir {str(eval_dir)!r} is not a directory; give the --eval-dir of eval_checkpoints.sh (default RUN_DIR/eval)")
-    found = [entry for entry in eval_dir.iterdir() if entry.is_dir() and (entry.name == "final" or _STEP_DIR.match(entry.name))]
+    found = [entry for entry in eval_dir.iterdir() if entry.is_dir() and (entry.name == "final" or checkpoint_step(entry.name) is not None)]
     if not found:
         raise ValueError(f"eval dir {str(eval_dir)!r} has no step-* or final directories; run eval_checkpoints.sh first")
     return sorted(found, key=lambda entry: checkpoint_order(entry.name))
@@ -134,30 +126,3 @@ def write_csv(rows: list[EvalRow], path: str | Path) -> None:
             writer.writerow([row.checkpoint, "" if row.step is None else row.step, row.task, row.metric, row.value, stderr,
                              "true" if row.is_group else "false"])
     os.replace(partial, path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Exit 0 when every checkpoint was collected, 1 when some results.json were missing or broken (the CSV then holds
-    the others), 2 on bad input."""
-    parser = argparse.ArgumentParser(prog="python -m sharded_mix.tools.eval_results", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("eval_dir", type=Path, help="the --eval-dir of eval_checkpoints.sh (default RUN_DIR/eval)")
-    parser.add_argument("--csv", type=Path, help="the CSV to write (default: EVAL_DIR/results.csv)")
-    args = parser.parse_args(argv)
-    try:
-        rows, problems = collect(args.eval_dir)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    csv_path = args.csv or args.eval_dir / "results.csv"
-    write_csv(rows, csv_path)
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
-    checkpoints = len({row.checkpoint for row in rows})
-    print(f"wrote {len(rows)} rows for {checkpoints} checkpoint(s) to {csv_path}"
-          + (f"; {len(problems)} checkpoint(s) left out (see above)" if problems else ""))
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -160,11 +160,9 @@ def lr_schedule(
     if decay_shape == "exponential" and final_lr_ratio is None and min_lr == 0:
         raise ValueError("optimizer decay_shape exponential cannot reach 0; set final_lr_ratio (e.g. 0.1) or min_lr > 0.")
 
-    if schedule == "constant":
+    if schedule in ("constant", "cosine"):
         _unused(schedule, decay_steps=decay_steps, final_lr_ratio=final_lr_ratio, decay_start_step=decay_start_step, decay_start_stage=decay_start_stage)
-    elif schedule == "cosine":
-        _unused(schedule, decay_steps=decay_steps, final_lr_ratio=final_lr_ratio, decay_start_step=decay_start_step, decay_start_stage=decay_start_stage)
-        if total_steps is None:
+        if schedule == "cosine" and total_steps is None:
             raise ValueError("optimizer schedule cosine needs total_steps, the step the cosine reaches min_lr (e.g. 61035).")
     elif schedule == "decay":
         _unused(schedule, total_steps=total_steps, warmup_steps=warmup_steps or None, decay_start_step=decay_start_step, decay_start_stage=decay_start_stage)

@@ -42,6 +42,18 @@ class StopRule:
             return f"stop_at_step {self.at_step:,}"
         return f"stop_after_steps {self.after_steps:,} from step {anchor:,}: step {anchor + self.after_steps:,}"
 
+    def check_within(self, anchor: int, run_steps: int | None, step_tokens: int | None = None) -> None:
+        """A ``ValueError`` if ``train.max_tokens``, which ends the run after ``run_steps`` steps of ``step_tokens``
+        tokens, ends it before the stop step."""
+        stop = self.stop_step(anchor)
+        if stop is None or run_steps is None or stop <= run_steps:
+            return
+        needed = f" ({stop:,} steps × {step_tokens:,} tokens = {stop * step_tokens:,})" if step_tokens else ""
+        raise ValueError(
+            f"{self.describe(anchor)}, but train.max_tokens ends the run at step {run_steps:,}; raise max_tokens to reach "
+            f"step {stop:,}{needed}, or stop earlier."
+        )
+
     def record(self, anchor: int, run: str | None) -> dict:
         """What the data state keeps of the rule (plain data)."""
         return {"at_step": self.at_step, "after_steps": self.after_steps, "from_step": anchor, "run": run}
