@@ -45,10 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from common import data_root, log, machine_info, machine_lines, quiet, verdict  # noqa: E402
 from litdata import TokensLoader  # noqa: E402
 from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset  # noqa: E402
 
-from common import data_root, log, machine_info, machine_lines, quiet, verdict  # noqa: E402
 from sharded_mix.mixing.blend import Blender  # noqa: E402
 from sharded_mix.shards import Shard  # noqa: E402
 from sharded_mix.streaming.discovery import discover_shards  # noqa: E402
@@ -71,7 +71,9 @@ VOCAB = 50_000  # token ids below this (fits uint16)
 # --------------------------------------------------------------------------------------------
 
 
-def random_documents(rng: np.random.Generator, tokens: int, min_len: int = 200, max_len: int = 8000) -> list[np.ndarray]:
+def random_documents(
+    rng: np.random.Generator, tokens: int, min_len: int = 200, max_len: int = 8000
+) -> list[np.ndarray]:
     """``tokens`` random uint16 token ids cut into documents of random length."""
     ids = rng.integers(0, VOCAB, size=tokens, dtype=np.uint16)
     cuts, at = [], 0
@@ -251,7 +253,12 @@ def resumed_state(shards: list[Shard], weights: dict[str, float], args, samples:
     state["taken"] = taken
     for source, entry in state["sources"].items():
         draws = taken[source] * state["world_size"]
-        entry.update(draws=draws, epoch=draws // entry["blocks"], position=draws % entry["blocks"], tokens=draws * state["block_size"])
+        entry.update(
+            draws=draws,
+            epoch=draws // entry["blocks"],
+            position=draws % entry["blocks"],
+            tokens=draws * state["block_size"],
+        )
     return state
 
 
@@ -289,10 +296,14 @@ def report(results: dict, args) -> list[str]:
     )
     lines.append("")
     lines.append("Throughput, M tokens/s: best of rounds (median of rounds)")
-    lines.append("| workers | ours (mixture) | one StreamingDataset | vanilla Combined | raw memmap | restarts per round (ours/one/comb/mm) |")
+    lines.append(
+        "| workers | ours (mixture) | one StreamingDataset | vanilla Combined | raw memmap | restarts per round (ours/one/comb/mm) |"
+    )
     lines.append("|---:|---:|---:|---:|---:|---|")
     for w, row in results["throughput"].items():
-        cells = " | ".join(f"{row[n]['tokens_per_s'] / 1e6:.1f} ({statistics.median(row[n]['rounds']) / 1e6:.1f})" for n in CANDIDATES)
+        cells = " | ".join(
+            f"{row[n]['tokens_per_s'] / 1e6:.1f} ({statistics.median(row[n]['rounds']) / 1e6:.1f})" for n in CANDIDATES
+        )
         restarts = "/".join(str(row[n]["restarts"]) for n in CANDIDATES)
         lines.append(f"| {w} | {cells} | {restarts} |")
     lines.append("")
@@ -308,17 +319,25 @@ def report(results: dict, args) -> list[str]:
     for w, row in results["throughput"].items():
         ours = row["ours"]["tokens_per_s"]
         ours_med = statistics.median(row["ours"]["rounds"])
-        for name, label in (("single", "one StreamingDataset"), ("combined", "vanilla Combined"), ("memmap", "raw memmap")):
+        for name, label in (
+            ("single", "one StreamingDataset"),
+            ("combined", "vanilla Combined"),
+            ("memmap", "raw memmap"),
+        ):
             r = ours / row[name]["tokens_per_s"]
             r_med = ours_med / statistics.median(row[name]["rounds"])
             value = f"{r:.2f}x ({r_med:.2f}x)"
             if name == "single":
-                lines.append(f"| ours / {label}, workers={w} | {value} | >= {TARGET_VS_STREAMING:.2f}x | {verdict(r >= TARGET_VS_STREAMING)} |")
+                lines.append(
+                    f"| ours / {label}, workers={w} | {value} | >= {TARGET_VS_STREAMING:.2f}x | {verdict(r >= TARGET_VS_STREAMING)} |"
+                )
             else:
                 lines.append(f"| ours / {label}, workers={w} | {value} | (info) | |")
     for w, row in results["first_batch"].items():
         r = row["resumed_s"] / row["fresh_s"]
-        lines.append(f"| resumed / fresh first batch, workers={w} | {r:.2f}x | <= {TARGET_RESUME_RATIO:.1f}x | {verdict(r <= TARGET_RESUME_RATIO)} |")
+        lines.append(
+            f"| resumed / fresh first batch, workers={w} | {r:.2f}x | <= {TARGET_RESUME_RATIO:.1f}x | {verdict(r <= TARGET_RESUME_RATIO)} |"
+        )
     return lines
 
 
@@ -328,16 +347,30 @@ def report(results: dict, args) -> list[str]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=None, help="where to write the shards (kept; reused if they match); default: a temp dir, removed")
-    p.add_argument("--tokens-per-source", type=int, default=25_000_000, help="uint16 tokens in each of the four sources")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where to write the shards (kept; reused if they match); default: a temp dir, removed",
+    )
+    p.add_argument(
+        "--tokens-per-source", type=int, default=25_000_000, help="uint16 tokens in each of the four sources"
+    )
     p.add_argument("--chunk-mb", type=float, default=32.0, help="litdata chunk file size (chunk_bytes) in MB")
     p.add_argument("--block-size", type=int, default=2049)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", default="0,2", help="comma-separated num_workers values")
     p.add_argument("--batches", type=int, default=10_000, help="timed batches per candidate")
     p.add_argument("--warmup", type=int, default=500, help="untimed batches first (includes worker start-up)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the throughput runs (order rotated); best and median reported")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds of the throughput runs (order rotated); best and median reported",
+    )
     p.add_argument("--resume-samples", type=int, default=10_000_000)
     p.add_argument("--repeats", type=int, default=5, help="repeats of the first-batch timings (median)")
     p.add_argument("--seed", type=int, default=42)
@@ -360,9 +393,14 @@ def main(argv=None) -> dict:
     began = time.perf_counter()
     quiet()
     machine = machine_info()
-    log(f"bench_mixture: {machine['cores']} cores, python {machine['python']}, torch {machine['torch']}, litdata {machine['litdata']}")
+    log(
+        f"bench_mixture: {machine['cores']} cores, python {machine['python']}, torch {machine['torch']}, litdata {machine['litdata']}"
+    )
 
-    results: dict = {"machine": machine, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    results: dict = {
+        "machine": machine,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
     with data_root(args.data_dir, "bench_mixture_") as root:
         # ---- data
         t = time.perf_counter()
@@ -385,18 +423,26 @@ def main(argv=None) -> dict:
             "memmap_blocks_verified": checked,
             "write_s": time.perf_counter() - t,
         }
-        log(f"      done in {results['data']['write_s']:.1f} s; memmap layout verified on {checked} blocks against StreamingDataset")
+        log(
+            f"      done in {results['data']['write_s']:.1f} s; memmap layout verified on {checked} blocks against StreamingDataset"
+        )
         epoch_batches = single.blocks(args.block_size) // args.batch_size
         if args.warmup + args.batches > epoch_batches:
-            log(f"      note: one StreamingDataset epoch is {epoch_batches} batches < {args.warmup + args.batches}; it restarts on StopIteration (restarts left out of the timing)")
+            log(
+                f"      note: one StreamingDataset epoch is {epoch_batches} batches < {args.warmup + args.batches}; it restarts on StopIteration (restarts left out of the timing)"
+            )
 
         # ---- throughput
         def ours(workers):
-            return lambda: mixture_loader(mix_shards, weights, args.block_size, args.batch_size, args.seed, True, workers)
+            return lambda: mixture_loader(
+                mix_shards, weights, args.block_size, args.batch_size, args.seed, True, workers
+            )
 
         def one_streaming(workers):
             return lambda: StreamingDataLoader(
-                StreamingDataset(single.path, item_loader=TokensLoader(block_size=args.block_size), shuffle=True, seed=args.seed),
+                StreamingDataset(
+                    single.path, item_loader=TokensLoader(block_size=args.block_size), shuffle=True, seed=args.seed
+                ),
                 batch_size=args.batch_size,
                 num_workers=workers,
             )
@@ -404,11 +450,16 @@ def main(argv=None) -> dict:
         def vanilla_combined(workers):
             def make():
                 datasets = [
-                    StreamingDataset(s.path, item_loader=TokensLoader(block_size=args.block_size), shuffle=True, seed=args.seed)
+                    StreamingDataset(
+                        s.path, item_loader=TokensLoader(block_size=args.block_size), shuffle=True, seed=args.seed
+                    )
                     for s in mix_shards
                 ]
                 combined = CombinedStreamingDataset(
-                    datasets=datasets, seed=args.seed, weights=[weights[s.id] for s in mix_shards], iterate_over_all=False
+                    datasets=datasets,
+                    seed=args.seed,
+                    weights=[weights[s.id] for s in mix_shards],
+                    iterate_over_all=False,
                 )
                 return StreamingDataLoader(combined, batch_size=args.batch_size, num_workers=workers)
 
@@ -422,7 +473,9 @@ def main(argv=None) -> dict:
             )
 
         candidates = {"ours": ours, "single": one_streaming, "combined": vanilla_combined, "memmap": raw_memmap}
-        log(f"[2/4] throughput: {args.batches} batches after {args.warmup} warm-up, workers {args.workers}, {args.rounds} round(s)")
+        log(
+            f"[2/4] throughput: {args.batches} batches after {args.warmup} warm-up, workers {args.workers}, {args.rounds} round(s)"
+        )
         throughput: dict = {str(w): {} for w in args.workers}
         for round_ in range(args.rounds):
             names = list(candidates)

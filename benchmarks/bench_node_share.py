@@ -33,6 +33,7 @@ if str(REPO) not in sys.path:
 
 from bench_remote import CREDENTIALS, start_server, upload, write_shards  # noqa: E402
 from common import data_root, log, machine_info, machine_lines, quiet, report, verdict  # noqa: E402
+
 from sharded_mix import ShardedMixedDataset  # noqa: E402
 
 BLOCK = 2049
@@ -43,8 +44,14 @@ RANKS_PER_NODE = 2
 def rank_loader(url: str, rank: int, world: int, nodes: int, cache: Path, options: dict):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
     data = ShardedMixedDataset(
-        data_path=url, val_data_path=f"{url}/main/1", proportional_sampling=True, num_workers=0, nodes=nodes,
-        storage_options=options, cache_dir=str(cache), prefetch_chunks=0,
+        data_path=url,
+        val_data_path=f"{url}/main/1",
+        proportional_sampling=True,
+        num_workers=0,
+        nodes=nodes,
+        storage_options=options,
+        cache_dir=str(cache),
+        prefetch_chunks=0,
     )
     data.connect(batch_size=BATCH, max_seq_length=BLOCK - 1)
     data.setup()
@@ -67,8 +74,12 @@ def one_epoch(url: str, nodes: int, root: Path, options: dict) -> dict:
     shards = data.train_mixture.sources
     largest = {shard.id: max(shard.chunk_bytes(chunk) for chunk in range(shard.chunks)) for shard in shards}
     return {
-        "nodes": nodes, "per_node": per_node, "draws": batches * world * BATCH, "epoch_blocks": epoch_blocks,
-        "distinct_blocks": len(blocks_read), "largest_chunks": sum(largest.values()),
+        "nodes": nodes,
+        "per_node": per_node,
+        "draws": batches * world * BATCH,
+        "epoch_blocks": epoch_blocks,
+        "distinct_blocks": len(blocks_read),
+        "largest_chunks": sum(largest.values()),
     }
 
 
@@ -129,8 +140,12 @@ def main(argv=None) -> dict:
         checks.append((row["nodes"], max(row["per_node"]), bound, row["distinct_blocks"] == row["draws"]))
     lines += ["", "| measure | value | target | result |", "|---|---:|---:|---|"]
     for nodes, most, bound, distinct in checks:
-        lines.append(f"| most bytes on a node, {nodes} node(s) | {most / 2**20:,.1f} MiB | <= {bound / 2**20:,.1f} MiB | {verdict(most <= bound)} |")
-        lines.append(f"| every block of the epoch read once, {nodes} node(s) | {'yes' if distinct else 'no'} | yes | {verdict(distinct)} |")
+        lines.append(
+            f"| most bytes on a node, {nodes} node(s) | {most / 2**20:,.1f} MiB | <= {bound / 2**20:,.1f} MiB | {verdict(most <= bound)} |"
+        )
+        lines.append(
+            f"| every block of the epoch read once, {nodes} node(s) | {'yes' if distinct else 'no'} | yes | {verdict(distinct)} |"
+        )
     return report(results, lines, args.json)
 
 

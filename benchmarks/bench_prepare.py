@@ -34,17 +34,17 @@ from common import data_root, log, machine_info, machine_lines, quiet, report, v
 
 TARGET = 0.85
 BASELINE_BATCH = 1000
-_BASELINE = """
+_BASELINE = f"""
 import json, sys, time
 from tokenizers import Tokenizer
 tokenizer = Tokenizer.from_file(sys.argv[1])
 texts = [json.loads(line)["text"] for line in open(sys.argv[2], encoding="utf-8")]
 start = time.perf_counter()
 tokens = 0
-for i in range(0, len(texts), {batch}):
-    tokens += sum(len(e.ids) for e in tokenizer.encode_batch(texts[i : i + {batch}]))
+for i in range(0, len(texts), {BASELINE_BATCH}):
+    tokens += sum(len(e.ids) for e in tokenizer.encode_batch(texts[i : i + {BASELINE_BATCH}]))
 print(json.dumps({{"tokens": tokens, "seconds": time.perf_counter() - start}}))
-""".format(batch=BASELINE_BATCH)
+"""
 
 
 def stdlib_documents() -> list[str]:
@@ -62,7 +62,9 @@ def stdlib_documents() -> list[str]:
     return docs
 
 
-def write_inputs(root: Path, docs: list[str], tokens_per_char: float, tokens: int, small_files: int) -> tuple[Path, Path, int]:
+def write_inputs(
+    root: Path, docs: list[str], tokens_per_char: float, tokens: int, small_files: int
+) -> tuple[Path, Path, int]:
     """The big JSONL file and a directory of ``small_files`` JSONL files with the same documents."""
     chars = sum(map(len, docs))
     if tokens < chars * tokens_per_char:  # less than the corpus: its first documents
@@ -89,8 +91,13 @@ def write_inputs(root: Path, docs: list[str], tokens_per_char: float, tokens: in
 
 def baseline(tokenizer_json: Path, big: Path, workers: int) -> dict:
     env = {**os.environ, "RAYON_NUM_THREADS": str(workers), "TOKENIZERS_PARALLELISM": "true"}
-    out = subprocess.run([sys.executable, "-c", _BASELINE, str(tokenizer_json), str(big)], env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _BASELINE, str(tokenizer_json), str(big)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -99,13 +106,21 @@ def run_prepare(inputs: Path, tokenizer_dir: Path, output: Path, workers: int) -
 
     start = time.perf_counter()
     summary = prepare_shard([inputs], tokenizer_dir, output, num_workers=workers, progress=False, command="bench")
-    return {"tokens": summary.tokens, "documents": summary.documents, "chunks": summary.chunks,
-            "seconds": time.perf_counter() - start}
+    return {
+        "tokens": summary.tokens,
+        "documents": summary.documents,
+        "chunks": summary.chunks,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=None, help="where to write inputs and shards; default: a temp dir, removed")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help="where to write inputs and shards; default: a temp dir, removed"
+    )
     p.add_argument("--tokens", type=int, default=30_000_000, help="about this many tokens per case")
     p.add_argument("--small-files", type=int, default=2000, help="files in the many-small-files case")
     p.add_argument("--workers", type=int, default=2)
@@ -131,20 +146,39 @@ def main(argv=None) -> dict:
     with data_root(args.data_dir, "bench_prepare_") as root:
         tokenizer_dir = train_tokenizer(docs[:2000], args.vocab_size, root / "tokenizer")
         sample = docs[::10]
-        tokens_per_char = sum(len(e.ids) for e in Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode_batch(sample)) / sum(map(len, sample))
+        tokens_per_char = sum(
+            len(e.ids) for e in Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode_batch(sample)
+        ) / sum(map(len, sample))
         big, small, documents = write_inputs(root, docs, tokens_per_char, args.tokens, args.small_files)
-        log(f"{documents:,} documents, {big.stat().st_size / 1e6:.0f} MB of JSONL; tokenizer: BPE, vocab {args.vocab_size}")
+        log(
+            f"{documents:,} documents, {big.stat().st_size / 1e6:.0f} MB of JSONL; tokenizer: BPE, vocab {args.vocab_size}"
+        )
         base = baseline(tokenizer_dir / "tokenizer.json", big, args.workers)
         rows = []
         for case, inputs in (("one big JSONL", big), (f"{args.small_files:,} small JSONL files", small)):
             result = run_prepare(inputs, tokenizer_dir, root / "out" / case.split()[0], args.workers)
-            assert result["tokens"] == base["tokens"] + result["documents"], "prepare and the baseline tokenized different text"
+            assert result["tokens"] == base["tokens"] + result["documents"], (
+                "prepare and the baseline tokenized different text"
+            )
             rate, base_rate = result["tokens"] / result["seconds"], base["tokens"] / base["seconds"]
-            rows.append({"case": case, **result, "tokens_per_s": rate, "baseline_tokens_per_s": base_rate,
-                         "ratio": rate / base_rate, "ok": rate / base_rate >= TARGET})
+            rows.append(
+                {
+                    "case": case,
+                    **result,
+                    "tokens_per_s": rate,
+                    "baseline_tokens_per_s": base_rate,
+                    "ratio": rate / base_rate,
+                    "ok": rate / base_rate >= TARGET,
+                }
+            )
     machine["loadavg_end"] = os.getloadavg()
-    results = {"machine": machine, "args": {k: str(v) for k, v in vars(args).items()}, "baseline": base, "rows": rows,
-               "seconds": time.perf_counter() - start}
+    results = {
+        "machine": machine,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "baseline": base,
+        "rows": rows,
+        "seconds": time.perf_counter() - start,
+    }
     lines = machine_lines(machine) + [
         f"data: {documents:,} stdlib .py documents, ~{args.tokens / 1e6:.0f}M tokens per case; "
         f"byte-level BPE vocab {args.vocab_size}; {args.workers} workers",

@@ -36,8 +36,8 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from common import data_root, log, machine_info, machine_lines, quiet, report, time_batches, verdict  # noqa: E402
+
 from sharded_mix import ShardedMixedDataset  # noqa: E402
 from sharded_mix.tools.prepare import write_token_shard  # noqa: E402
 
@@ -74,8 +74,11 @@ def upload(base: Path, endpoint: str, bucket: str) -> str:
     import boto3
 
     client = boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id=CREDENTIALS["access_key_id"], aws_secret_access_key=CREDENTIALS["secret_access_key"],
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=CREDENTIALS["access_key_id"],
+        aws_secret_access_key=CREDENTIALS["secret_access_key"],
     )
     client.create_bucket(Bucket=bucket)
     for path in sorted(base.rglob("*")):
@@ -155,7 +158,9 @@ def main(argv=None) -> dict:
     lines += ["", "| measure | value | target | result |", "|---|---:|---:|---|"]
     for workers, row in results["rows"].items():
         ratio = row["warm"]["tokens_per_s"] / row["local"]["tokens_per_s"]
-        lines.append(f"| warm remote / local, workers={workers} | {ratio:.2f}x | >= {TARGET_WARM_RATIO}x | {verdict(ratio >= TARGET_WARM_RATIO)} |")
+        lines.append(
+            f"| warm remote / local, workers={workers} | {ratio:.2f}x | >= {TARGET_WARM_RATIO}x | {verdict(ratio >= TARGET_WARM_RATIO)} |"
+        )
     return report(results, lines, args.json)
 
 

@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from common import child_pids, data_root, log, machine_info, machine_lines, peak_rss_mib, report, time_batches, verdict  # noqa: E402
+
 from sharded_mix import ShardedMixedDataset  # noqa: E402  (imported before any timing)
 from sharded_mix.mixing.orders import Ordering, WindowedOrder  # noqa: E402
 from sharded_mix.tools.fake_shards import write_sparse_token_shard  # noqa: E402
@@ -93,7 +94,9 @@ def build(base: Path, total: int) -> dict:
 
 
 def data_module(base: Path, workers: int) -> ShardedMixedDataset:
-    data = ShardedMixedDataset(data_path=base / "train", val_data_path=base / "train", mix_weights_str=MIX, num_workers=workers)
+    data = ShardedMixedDataset(
+        data_path=base / "train", val_data_path=base / "train", mix_weights_str=MIX, num_workers=workers
+    )
     data.connect(batch_size=BATCH, max_seq_length=BLOCK - 1)
     data.setup()
     return data
@@ -176,9 +179,12 @@ def result_lines(results: dict, args) -> list[str]:
         f"data: blend {MIX} over main/1, main/2, c1, m1 (40/40/15/5% of the tokens), uint16 chunks of {CHUNK_TOKENS:,} tokens, "
         f"sparse files; blocks of {BLOCK}, batch {BATCH}, {args.batches} batches after the first"
     )
-    lines += ["", f"Fresh start (each row the median of {args.repeats} new processes by first batch; the range is over all of them)",
-              "| mixture | chunks | disk | workers | setup (s) | first batch (s) | first batch range (s) | peak RSS main (MiB) | peak RSS per worker (MiB) | val first batch (s) | main RSS after val (MiB) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"Fresh start (each row the median of {args.repeats} new processes by first batch; the range is over all of them)",
+        "| mixture | chunks | disk | workers | setup (s) | first batch (s) | first batch range (s) | peak RSS main (MiB) | peak RSS per worker (MiB) | val first batch (s) | main RSS after val (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for scale, per_scale in results["scales"].items():
         for workers, row in per_scale["fresh"].items():
             spread = f"{min(row['first_batch_runs_s']):.3f}-{max(row['first_batch_runs_s']):.3f}"
@@ -187,9 +193,12 @@ def result_lines(results: dict, args) -> list[str]:
                 f"| {scale} | {per_scale['data']['chunks']:,} | {per_scale['data']['disk_mb']:.0f} MB | {workers} | {row['setup_s']:.2f} | "
                 f"{row['first_batch_s']:.3f} | {spread} | {row['rss_main_mib']:.0f} | {worker_rss} | {row['val_first_batch_s']:.2f} | {row['rss_main_after_val_mib']:.0f} |"
             )
-    lines += ["", f"Epoch crossing of main/1, workers=0 (resumed {CROSS_BEFORE} draws before the end of its epoch 2)",
-              "| mixture | main/1 blocks | main/1 chunks | crossing batch (ms) | median batch (ms) | new epoch order + first window (ms) | first batch after resume (ms) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"Epoch crossing of main/1, workers=0 (resumed {CROSS_BEFORE} draws before the end of its epoch 2)",
+        "| mixture | main/1 blocks | main/1 chunks | crossing batch (ms) | median batch (ms) | new epoch order + first window (ms) | first batch after resume (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for scale, per_scale in results["scales"].items():
         row = per_scale["crossing"]
         lines.append(
@@ -202,8 +211,12 @@ def result_lines(results: dict, args) -> list[str]:
         base, top = results["scales"][small]["fresh"][workers], results["scales"][large]["fresh"][workers]
         first = top["first_batch_s"]
         ratio = first / base["first_batch_s"]
-        lines.append(f"| first batch at {large}, workers={workers} | {first:.3f} s | <= {TARGET_FIRST_BATCH_S:g} s | {verdict(first <= TARGET_FIRST_BATCH_S)} |")
-        lines.append(f"| first batch {large} / {small}, workers={workers} | {ratio:.2f}x | <= {TARGET_FIRST_BATCH_RATIO:g}x | {verdict(ratio <= TARGET_FIRST_BATCH_RATIO)} |")
+        lines.append(
+            f"| first batch at {large}, workers={workers} | {first:.3f} s | <= {TARGET_FIRST_BATCH_S:g} s | {verdict(first <= TARGET_FIRST_BATCH_S)} |"
+        )
+        lines.append(
+            f"| first batch {large} / {small}, workers={workers} | {ratio:.2f}x | <= {TARGET_FIRST_BATCH_RATIO:g}x | {verdict(ratio <= TARGET_FIRST_BATCH_RATIO)} |"
+        )
         for label, key in (("main", "rss_main_mib"), ("workers (max)", "rss_workers_mib")):
             before, after = base[key], top[key]
             if isinstance(before, list):
@@ -215,8 +228,13 @@ def result_lines(results: dict, args) -> list[str]:
                 f"| peak RSS {label} {large} - {small}, workers={workers} | {delta:+.0f} MiB | <= {TARGET_RSS_DELTA_MIB:g} MiB | "
                 f"{verdict(delta <= TARGET_RSS_DELTA_MIB)} |"
             )
-    crossing = results["scales"][large]["crossing"]["crossing_batch_ms"] - results["scales"][large]["crossing"]["median_batch_ms"]
-    lines.append(f"| epoch crossing at {large} (crossing batch - median batch) | {crossing:.2f} ms | <= {TARGET_CROSSING_MS:g} ms | {verdict(crossing <= TARGET_CROSSING_MS)} |")
+    crossing = (
+        results["scales"][large]["crossing"]["crossing_batch_ms"]
+        - results["scales"][large]["crossing"]["median_batch_ms"]
+    )
+    lines.append(
+        f"| epoch crossing at {large} (crossing batch - median batch) | {crossing:.2f} ms | <= {TARGET_CROSSING_MS:g} ms | {verdict(crossing <= TARGET_CROSSING_MS)} |"
+    )
     return lines
 
 
@@ -227,7 +245,12 @@ def parse_args(argv=None):
     parser.add_argument("--batches", type=int, default=200, help="batches timed after the first")
     parser.add_argument("--data-dir", type=Path, help="keep the sparse shards here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per row; the one with the median first batch is reported")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="fresh processes per row; the one with the median first batch is reported",
+    )
     parser.add_argument("--quick", action="store_true", help="1B and 10B, 20 batches, one fresh process per row")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -241,7 +264,11 @@ def main(argv=None) -> dict:
     if args.child:
         kind, base, *rest = args.child
         logging.getLogger("sharded_mix").setLevel(logging.WARNING)
-        result = measure_fresh(Path(base), int(rest[0]), int(rest[1])) if kind == "fresh" else measure_crossing(Path(base), int(rest[0]))
+        result = (
+            measure_fresh(Path(base), int(rest[0]), int(rest[1]))
+            if kind == "fresh"
+            else measure_crossing(Path(base), int(rest[0]))
+        )
         print(json.dumps(result))
         return result
     started = time.perf_counter()
@@ -255,7 +282,10 @@ def main(argv=None) -> dict:
                 log(f"{scale}: fresh start, workers={workers}")
                 runs = [run_child(["fresh", str(base), str(workers), str(args.batches)]) for _ in range(args.repeats)]
                 median = sorted(runs, key=lambda run: run["first_batch_s"])[len(runs) // 2]
-                per_scale["fresh"][str(workers)] = {**median, "first_batch_runs_s": [run["first_batch_s"] for run in runs]}
+                per_scale["fresh"][str(workers)] = {
+                    **median,
+                    "first_batch_runs_s": [run["first_batch_s"] for run in runs],
+                }
             log(f"{scale}: epoch crossing")
             per_scale["crossing"] = run_child(["crossing", str(base), "30"])
             results["scales"][scale] = per_scale

@@ -34,6 +34,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from common import data_root, log, machine_info, machine_lines, quiet, verdict  # noqa: E402
+
 from sharded_mix.datamodule import ShardedMixedDataset  # noqa: E402
 from sharded_mix.mixing.weights import mix_spec_from_fields, resolve_weights  # noqa: E402
 from sharded_mix.shards import DEFAULT_SHARD_TYPES  # noqa: E402
@@ -101,7 +102,9 @@ def time_startup(base: Path, args) -> dict:
 def time_datamodule(base: Path, val: Path, args) -> dict:
     """ShardedMixedDataset(...).connect(...); setup(); train_dataloader(); first batch (num_workers=0)."""
     start = time.perf_counter()
-    data = ShardedMixedDataset(data_path=base, val_data_path=val, proportional_sampling=True, num_workers=0, seed=args.seed)
+    data = ShardedMixedDataset(
+        data_path=base, val_data_path=val, proportional_sampling=True, num_workers=0, seed=args.seed
+    )
     data.connect(batch_size=args.batch_size, max_seq_length=args.block_size - 1)
     data.setup()
     setup_s = time.perf_counter() - start
@@ -117,8 +120,12 @@ def time_datamodule(base: Path, val: Path, args) -> dict:
 def report(results: dict) -> list[str]:
     lines = machine_lines(results["machine"])
     lines.append("")
-    lines.append("Start-up: discover_shards + resolve_weights + mixture_loader + first batch, num_workers=0 (median of repeats)")
-    lines.append("| shards | discover (s) | weights (s) | loader (s) | first batch (s) | total (s) | data module setup+first batch (s) |")
+    lines.append(
+        "Start-up: discover_shards + resolve_weights + mixture_loader + first batch, num_workers=0 (median of repeats)"
+    )
+    lines.append(
+        "| shards | discover (s) | weights (s) | loader (s) | first batch (s) | total (s) | data module setup+first batch (s) |"
+    )
     lines.append("|---:|---:|---:|---:|---:|---:|---:|")
     for n, row in results["startup"].items():
         dm = row.get("datamodule_total_s")
@@ -139,8 +146,15 @@ def report(results: dict) -> list[str]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=None, help="where to write the shards (kept; reused if they match); default: a temp dir, removed")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where to write the shards (kept; reused if they match); default: a temp dir, removed",
+    )
     p.add_argument("--shard-counts", default="200,1000", help="comma-separated tiny-shard counts")
     p.add_argument("--block-size", type=int, default=2049)
     p.add_argument("--batch-size", type=int, default=8)
@@ -167,7 +181,12 @@ def main(argv=None) -> dict:
         build_many_val = not (val / "index.json").is_file()
         if build_many_val:
             rng = np.random.default_rng(args.seed)
-            write_token_shard(val, [rng.integers(0, VOCAB, size=args.block_size * 2, dtype=np.uint16)], chunk_bytes=1 << 20, dtype=torch.uint16)
+            write_token_shard(
+                val,
+                [rng.integers(0, VOCAB, size=args.block_size * 2, dtype=np.uint16)],
+                chunk_bytes=1 << 20,
+                dtype=torch.uint16,
+            )
         startup: dict = {}
         for n in args.shard_counts:
             base = root / f"many-{n}"
@@ -175,7 +194,10 @@ def main(argv=None) -> dict:
             build_many(base, n, args.block_size, args.seed)
             built = time.perf_counter() - t
             runs = [time_startup(base, args) for _ in range(args.repeats)]
-            row = {key: statistics.median(r[key] for r in runs) for key in ("discover_s", "weights_s", "loader_s", "first_batch_s", "total_s")}
+            row = {
+                key: statistics.median(r[key] for r in runs)
+                for key in ("discover_s", "weights_s", "loader_s", "first_batch_s", "total_s")
+            }
             row["total_all_s"] = [r["total_s"] for r in runs]
             row["shards"] = runs[0]["shards"]
             dm = [time_datamodule(base, val, args) for _ in range(args.repeats)]
@@ -183,7 +205,9 @@ def main(argv=None) -> dict:
             row["datamodule_total_s"] = statistics.median(r["total_s"] for r in dm)
             row["build_s"] = built
             startup[str(n)] = row
-            log(f"      {n} shards (built in {built:.1f} s): total {row['total_all_s']}, data module {row['datamodule_total_s']:.3f} s")
+            log(
+                f"      {n} shards (built in {built:.1f} s): total {row['total_all_s']}, data module {row['datamodule_total_s']:.3f} s"
+            )
         results["startup"] = startup
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["total_s"] = time.perf_counter() - began

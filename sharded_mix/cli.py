@@ -34,21 +34,38 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-split", default="train", help="the dataset's split (default train)")
     p.add_argument("--dataset-data-dir", help="the dataset's data_dir, e.g. python for bigcode/starcoderdata")
     p.add_argument("--dataset-data-files", nargs="+", default=[], help="data_files for load_dataset (local builders)")
-    p.add_argument("--recipe", help="fields, template and filters of a paper source: main, web, code, math, instruct, qa")
+    p.add_argument(
+        "--recipe", help="fields, template and filters of a paper source: main, web, code, math, instruct, qa"
+    )
     p.add_argument("--tokenizer-dir", required=True, type=Path, help="a directory litgpt's Tokenizer loads")
     p.add_argument("--output", required=True, type=Path, help="the shard directory to write, BASE/SHARD_ID")
     p.add_argument("--text-field", help="the field holding the text in .jsonl/.parquet rows (default text)")
     p.add_argument("--template", help=r"a document from several fields, e.g. '{question}\n\n{answer}'; {f?}: optional")
-    p.add_argument("--field", action="append", default=[], metavar="NAME=KEY[,KEY...]",
-                   help="where a template/filter field may come from, first present wins, e.g. question=question,instruction")
-    p.add_argument("--where", action="append", default=[], metavar="'FIELD OP VALUE'",
-                   help="keep rows where this holds (repeatable, all must hold), e.g. 'path endswith .py'")
+    p.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="NAME=KEY[,KEY...]",
+        help="where a template/filter field may come from, first present wins, e.g. question=question,instruction",
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="'FIELD OP VALUE'",
+        help="keep rows where this holds (repeatable, all must hold), e.g. 'path endswith .py'",
+    )
     p.add_argument("--skip-docs", type=int, default=0, help="skip the first N documents (global input order)")
     p.add_argument("--max-docs", type=int, help="keep at most N documents after --skip-docs")
     p.add_argument("--val-docs", type=int, help="hold out exactly N documents, evenly spread, into the val shard")
     p.add_argument("--val-fraction", type=float, help="hold out this fraction of documents (by a hash of the text)")
     p.add_argument("--val-output", type=Path, help="the val shard directory (default BASE/val/SHARD_ID)")
-    p.add_argument("--num-workers", type=int, default=1, help="worker processes; each tokenizes its own part of the inputs (1: in this process)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=1,
+        help="worker processes; each tokenizes its own part of the inputs (1: in this process)",
+    )
     p.add_argument("--chunk-bytes", default="64MB", help="target size of each chunk file")
     p.add_argument("--item-bytes", help="size of a work item (default: inputs / 64, within 1MB..128MB)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -71,8 +88,15 @@ def _run_prepare(args: argparse.Namespace) -> int:
         fields[name.strip()] = [key.strip() for key in keys.split(",") if key.strip()]
     datasets = []
     if args.dataset:
-        datasets.append(DatasetSpec(args.dataset, args.dataset_config, args.dataset_split,
-                                    tuple(args.dataset_data_files), args.dataset_data_dir))
+        datasets.append(
+            DatasetSpec(
+                args.dataset,
+                args.dataset_config,
+                args.dataset_split,
+                tuple(args.dataset_data_files),
+                args.dataset_data_dir,
+            )
+        )
     summary = prepare_shard(
         inputs=args.input,
         tokenizer_dir=args.tokenizer_dir,
@@ -131,7 +155,9 @@ def _add_link_checkpoints(subparsers: argparse._SubParsersAction) -> None:
         "Existing entries are never replaced.",
     )
     p.add_argument("--pretrain-dir", required=True, type=Path, help="the pretraining run's out_dir")
-    p.add_argument("--midtrain-dir", required=True, type=Path, help="the midtraining run's out_dir (created if missing)")
+    p.add_argument(
+        "--midtrain-dir", required=True, type=Path, help="the midtraining run's out_dir (created if missing)"
+    )
     p.add_argument("--step", required=True, type=int, help="the pretraining step to continue from")
     p.add_argument("--dry-run", action="store_true", help="show the links without making them")
     p.set_defaults(func=_run_link_checkpoints)
@@ -141,7 +167,10 @@ def _run_link_checkpoints(args: argparse.Namespace) -> int:
     from sharded_mix.tools.checkpoints import link_checkpoints
 
     _print_links(link_checkpoints(args.pretrain_dir, args.midtrain_dir, args.step, dry_run=args.dry_run), args.dry_run)
-    print(f"{args.midtrain_dir} resumes from step {args.step} with `resume: auto`" + (" (dry run: nothing changed)" if args.dry_run else ""))
+    print(
+        f"{args.midtrain_dir} resumes from step {args.step} with `resume: auto`"
+        + (" (dry run: nothing changed)" if args.dry_run else "")
+    )
     return 0
 
 
@@ -151,7 +180,9 @@ def _add_data_position(subparsers: argparse._SubParsersAction) -> None:
         help="show where a checkpoint's data stream is: per source epoch, samples and tokens consumed",
         description="Read the data state a sharded_mix run saved in a LitGPT checkpoint.",
     )
-    p.add_argument("checkpoint", type=Path, help="a lit_model.pth, a step-* directory, or a run's out_dir (newest step)")
+    p.add_argument(
+        "checkpoint", type=Path, help="a lit_model.pth, a step-* directory, or a run's out_dir (newest step)"
+    )
     p.add_argument("--json", action="store_true", help="print the raw state as JSON")
     p.set_defaults(func=_run_data_position)
 
@@ -182,9 +213,14 @@ def _run_resume_checkpoint(args: argparse.Namespace) -> int:
 
     checkpoint, skipped = newest_loadable_checkpoint(args.out_dir)
     for path, reason in skipped:
-        print(f"skipping {path}: {reason}" + ("; falling back to an earlier step" if checkpoint else ""), file=sys.stderr)
+        print(
+            f"skipping {path}: {reason}" + ("; falling back to an earlier step" if checkpoint else ""), file=sys.stderr
+        )
     if checkpoint is None:
-        print(f"no complete checkpoint in {args.out_dir}" if skipped else f"no step-* checkpoints in {args.out_dir}", file=sys.stderr)
+        print(
+            f"no complete checkpoint in {args.out_dir}" if skipped else f"no step-* checkpoints in {args.out_dir}",
+            file=sys.stderr,
+        )
         return 1
     print(checkpoint)
     return 0
@@ -199,13 +235,19 @@ def _add_plan(subparsers: argparse._SubParsersAction) -> None:
         "LitGPT config (its data: section; train.max_tokens bounds the run) or a YAML of ShardedMixedDataset init args.",
     )
     p.add_argument("config", type=Path, help="the YAML to plan")
-    p.add_argument("--max-tokens", type=int, default=None, help="the run's length in tokens (default: train.max_tokens)")
     p.add_argument(
-        "--resume-step", type=int, default=None,
+        "--max-tokens", type=int, default=None, help="the run's length in tokens (default: train.max_tokens)"
+    )
+    p.add_argument(
+        "--resume-step",
+        type=int,
+        default=None,
         help="the step the run resumes at (default: the step-N of the config's resume path, else 0)",
     )
     p.add_argument("--json", action="store_true", help="print the plan rows as JSON")
-    p.add_argument("--plot", type=Path, default=None, help="also save a plot of weight per source over steps (needs matplotlib)")
+    p.add_argument(
+        "--plot", type=Path, default=None, help="also save a plot of weight per source over steps (needs matplotlib)"
+    )
     p.set_defaults(func=_run_plan)
 
 
@@ -260,7 +302,12 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true", help="read chunk headers and sample token ids (a few KB per chunk)")
     bound = p.add_mutually_exclusive_group()
     bound.add_argument("--vocab-size", type=int, default=None, help="token ids must be below this (implies --verify)")
-    bound.add_argument("--tokenizer-dir", type=Path, default=None, help="bound token ids by this litgpt tokenizer's vocabulary (implies --verify)")
+    bound.add_argument(
+        "--tokenizer-dir",
+        type=Path,
+        default=None,
+        help="bound token ids by this litgpt tokenizer's vocabulary (implies --verify)",
+    )
     p.set_defaults(func=_run_inspect)
 
 
@@ -298,8 +345,18 @@ def _add_link(subparsers: argparse._SubParsersAction) -> None:
         "are never replaced.",
     )
     p.add_argument("base", type=Path, help="the base directory to fill (created if missing)")
-    p.add_argument("--main", action="append", default=[], type=Path, metavar="DIR", help="a main (web) shard; repeat for more")
-    p.add_argument("--as", dest="named", action="append", default=[], type=_name_and_dir, metavar="NAME=DIR", help="a typed shard, e.g. m1=/data/proofpile")
+    p.add_argument(
+        "--main", action="append", default=[], type=Path, metavar="DIR", help="a main (web) shard; repeat for more"
+    )
+    p.add_argument(
+        "--as",
+        dest="named",
+        action="append",
+        default=[],
+        type=_name_and_dir,
+        metavar="NAME=DIR",
+        help="a typed shard, e.g. m1=/data/proofpile",
+    )
     p.add_argument("--dry-run", action="store_true", help="show the links without making them")
     p.set_defaults(func=_run_link)
 
@@ -336,8 +393,10 @@ def _run_merge(args: argparse.Namespace) -> int:
 
     _quiet_litdata(args)
     result = merge_shards(args.inputs, args.output, args.max_workers)
-    print(f"merged {result['inputs']} shards into {result['output']}: {result['tokens']:,} tokens, "
-          f"{result['documents']:,} documents, {result['chunks']} chunks")
+    print(
+        f"merged {result['inputs']} shards into {result['output']}: {result['tokens']:,} tokens, "
+        f"{result['documents']:,} documents, {result['chunks']} chunks"
+    )
     return 0
 
 
@@ -363,8 +422,10 @@ def _run_eval_results(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     checkpoints = len({row.checkpoint for row in rows})
-    print(f"wrote {len(rows)} rows for {checkpoints} checkpoint(s) to {csv_path}"
-          + (f"; {len(problems)} checkpoint(s) left out (see above)" if problems else ""))
+    print(
+        f"wrote {len(rows)} rows for {checkpoints} checkpoint(s) to {csv_path}"
+        + (f"; {len(problems)} checkpoint(s) left out (see above)" if problems else "")
+    )
     return 1 if problems else 0
 
 
@@ -379,14 +440,28 @@ def _add_val_loss(subparsers: argparse._SubParsersAction) -> None:
         "gives a fine-tuned checkpoint's loss on each task and on the pretraining validation shards (forgetting).",
     )
     p.add_argument("checkpoint", type=Path, help="a step-* or final/ directory, a lit_model.pth, or a run's out_dir")
-    p.add_argument("val_path", type=Path, nargs="+",
-                   help="typed base directories of validation shards (or litdata directories) and/or .json/.jsonl task files")
-    p.add_argument("--seq-len", type=int, default=None,
-                   help="tokens per sample (default: the model's block size); task examples are cut to it")
+    p.add_argument(
+        "val_path",
+        type=Path,
+        nargs="+",
+        help="typed base directories of validation shards (or litdata directories) and/or .json/.jsonl task files",
+    )
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per sample (default: the model's block size); task examples are cut to it",
+    )
     p.add_argument("--max-blocks", type=int, default=64, help="blocks per shard")
     p.add_argument("--max-examples", type=int, default=None, help="examples per task file (default: all)")
-    p.add_argument("--prompt-style", default=None, help="task files: a LitGPT prompt style (default: the checkpoint's, else alpaca)")
-    p.add_argument("--mask-prompt", action="store_true", help="task files: score the response tokens only (as mask_prompt)")
+    p.add_argument(
+        "--prompt-style",
+        default=None,
+        help="task files: a LitGPT prompt style (default: the checkpoint's, else alpaca)",
+    )
+    p.add_argument(
+        "--mask-prompt", action="store_true", help="task files: score the response tokens only (as mask_prompt)"
+    )
     p.add_argument("--ignore-index", type=int, default=-100, help="task files: the label of masked tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="e.g. cuda")
@@ -400,7 +475,12 @@ def _run_val_loss(args: argparse.Namespace) -> int:
 
     from sharded_mix.streaming.sft_files import is_task_file
     from sharded_mix.tools.evaluate import (
-        checkpoint_prompt_style, format_source_losses, load_model, load_tokenizer, source_losses, task_loss,
+        checkpoint_prompt_style,
+        format_source_losses,
+        load_model,
+        load_tokenizer,
+        source_losses,
+        task_loss,
     )
 
     _quiet_litdata(args)
@@ -418,11 +498,28 @@ def _run_val_loss(args: argparse.Namespace) -> int:
     for path in args.val_path:
         if is_task_file(path):
             name = names[task_files.index(path)]
-            losses.append(task_loss(model, name, path, tokenizer, style, args.mask_prompt, args.ignore_index, args.seq_len,
-                                    args.max_examples, args.batch_size, args.device))
+            losses.append(
+                task_loss(
+                    model,
+                    name,
+                    path,
+                    tokenizer,
+                    style,
+                    args.mask_prompt,
+                    args.ignore_index,
+                    args.seq_len,
+                    args.max_examples,
+                    args.batch_size,
+                    args.device,
+                )
+            )
         else:
             losses += source_losses(model, path, args.seq_len, args.max_blocks, args.batch_size, args.device)
-    print(json.dumps([asdict(loss) for loss in losses], indent=2) if args.json else format_source_losses(losses, str(args.checkpoint)))
+    print(
+        json.dumps([asdict(loss) for loss in losses], indent=2)
+        if args.json
+        else format_source_losses(losses, str(args.checkpoint))
+    )
     return 0
 
 
@@ -436,7 +533,11 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("spec", type=Path, help="the sweep spec, e.g. midtrain_configs/paper/sweep.yaml")
     p.add_argument("--out", type=Path, default=None, help="where to write (default: the spec's folder)")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 listing the files that differ from what SPEC generates")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 listing the files that differ from what SPEC generates",
+    )
     p.set_defaults(func=_run_sweep)
 
 
@@ -451,13 +552,17 @@ def _run_sweep(args: argparse.Namespace) -> int:
         for problem in problems:
             print(problem)
         if problems:
-            print(f"{len(problems)} file(s) under {out} differ from what {args.spec} generates; run `sharded-mix sweep {args.spec}`.")
+            print(
+                f"{len(problems)} file(s) under {out} differ from what {args.spec} generates; run `sharded-mix sweep {args.spec}`."
+            )
             return 1
         print(f"up to date: {format_counts(runs)} under {out}")
         return 0
     counts = write_sweep(files, out)
     lists = ", ".join(str(out / file) for file in files if file.endswith(".txt"))
-    print(f"{format_counts(runs)}; under {out}: {counts['written']} written, {counts['unchanged']} unchanged, {counts['removed']} removed")
+    print(
+        f"{format_counts(runs)}; under {out}: {counts['written']} written, {counts['unchanged']} unchanged, {counts['removed']} removed"
+    )
     print(f"config lists: {lists}")
     return 0
 
@@ -473,10 +578,22 @@ def _add_convert_config(subparsers: argparse._SubParsersAction) -> None:
         "what changed, one line a change.",
     )
     p.add_argument("ref", type=Path, metavar="REF.yaml", help="the reference config")
-    p.add_argument("-o", "--output", type=Path, default=None, metavar="OUT.yaml", help="write the converted config here (default: stdout)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        metavar="OUT.yaml",
+        help="write the converted config here (default: stdout)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing OUT.yaml")
-    p.add_argument("--devices", type=int, default=None, help="GPUs per node of the reference run, when REF does not set devices "
-                   "(the fork's train.max_iters counts micro-batches per GPU)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="GPUs per node of the reference run, when REF does not set devices "
+        "(the fork's train.max_iters counts micro-batches per GPU)",
+    )
     p.set_defaults(func=_run_convert_config)
 
 

@@ -13,7 +13,17 @@ LITGPT_MICRO_BATCH_SIZE = 4  # litgpt.args.TrainArgs defaults
 LITGPT_MAX_SEQ_LENGTH = 2048
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?)b?\s*$", re.IGNORECASE)
-_SIZE_RATIO = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4, "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+_SIZE_RATIO = {
+    "": 1,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+}
 
 
 def parse_size(value: int | str, field_name: str) -> int:
@@ -88,7 +98,9 @@ def load_run_config(path: str | Path) -> tuple[dict, RunSizes]:
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"cannot read the config {str(path)!r}: {err}") from err
     if not isinstance(config, dict):
-        raise ValueError(f"{str(path)!r} is not a YAML mapping; give a LitGPT config or a YAML of ShardedMixedDataset init args.")
+        raise ValueError(
+            f"{str(path)!r} is not a YAML mapping; give a LitGPT config or a YAML of ShardedMixedDataset init args."
+        )
     if "data" not in config:
         init_args = dict(config)
         sizes = {key: init_args.pop(key, None) for key in ("micro_batch_size", "max_seq_length", "max_tokens")}

@@ -17,22 +17,37 @@ from torch.utils.data import DataLoader
 from sharded_mix.config import load_mix_file, parse_size
 from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW
 from sharded_mix.mixing.plan import PlanRow, format_mixture_plan, format_stage_plan, mixture_rows
-from sharded_mix.mixing.stages import DataStage, Stage, StagePlanRow, TopLevel, build_stages, stage_plan_rows, stage_starts
+from sharded_mix.mixing.stages import (
+    DataStage,
+    Stage,
+    StagePlanRow,
+    TopLevel,
+    build_stages,
+    stage_plan_rows,
+    stage_starts,
+)
 from sharded_mix.mixing.state import DATA_CHANGE_POLICIES
 from sharded_mix.mixing.weights import MixSpec, check_type_names, mix_spec_from_fields, resolve_weights
 from sharded_mix.shards import MAIN_TYPE, Shard, resolve_shard_types
 from sharded_mix.streaming.cache import ChunkCache, default_cache_dir
 from sharded_mix.streaming.chunk_checks import capped, chunk_file_problems
 from sharded_mix.streaming.discovery import discover_shards
-from sharded_mix.streaming.storage import RemoteDir, is_url, join_url
 from sharded_mix.streaming.distributed import check_node_layout, distributed_rank_world, from_rank_zero, launcher_nodes
+from sharded_mix.streaming.storage import RemoteDir, is_url, join_url
 from sharded_mix.streaming.stream import staged_loader, stream_stage, validation_loader
 from sharded_mix.training.stage_steps import publish_stage_steps
 from sharded_mix.training.stop import StopRule, finished_at
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_ONLY_ARGS = ("val_split_fraction", "fast_dev_run", "data_split", "dataset_name", "num_samples", "num_val_samples")
+REFERENCE_ONLY_ARGS = (
+    "val_split_fraction",
+    "fast_dev_run",
+    "data_split",
+    "dataset_name",
+    "num_samples",
+    "num_val_samples",
+)
 """Init args of the reference implementation's data module that only its download helper read."""
 
 
@@ -41,7 +56,9 @@ def expand_path(value: str | Path, field_name: str) -> str:
     expanded = os.path.expandvars(str(value) if is_url(str(value)) else os.path.expanduser(str(value)))
     unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
     if unset:
-        raise ValueError(f"{field_name} {str(value)!r}: environment variable {unset[0]} is not set; export it or write the path out.")
+        raise ValueError(
+            f"{field_name} {str(value)!r}: environment variable {unset[0]} is not set; export it or write the path out."
+        )
     return expanded
 
 
@@ -241,7 +258,9 @@ class ShardedMixedDataset(DataModule):
     def __post_init__(self) -> None:
         super().__init__()
         if self.data_path is None or not str(self.data_path).strip():
-            raise ValueError("data_path is empty; set it to the directory holding your shards, e.g. data_path: data/mix.")
+            raise ValueError(
+                "data_path is empty; set it to the directory holding your shards, e.g. data_path: data/mix."
+            )
         if self.num_workers < 0:
             raise ValueError(f"num_workers is {self.num_workers}; use 0 (load in the main process) or more.")
         if isinstance(self.shuffle_window, bool) or not isinstance(self.shuffle_window, int) or self.shuffle_window < 1:
@@ -249,18 +268,33 @@ class ShardedMixedDataset(DataModule):
                 f"shuffle_window is {self.shuffle_window!r}; use a whole number of chunks, 1 or more "
                 f"(1: one chunk at a time; default {DEFAULT_SHUFFLE_WINDOW})."
             )
-        if isinstance(self.prefetch_chunks, bool) or not isinstance(self.prefetch_chunks, int) or self.prefetch_chunks < 0:
-            raise ValueError(f"prefetch_chunks is {self.prefetch_chunks!r}; use a whole number of chunks >= 0 (0: no read-ahead).")
+        if (
+            isinstance(self.prefetch_chunks, bool)
+            or not isinstance(self.prefetch_chunks, int)
+            or self.prefetch_chunks < 0
+        ):
+            raise ValueError(
+                f"prefetch_chunks is {self.prefetch_chunks!r}; use a whole number of chunks >= 0 (0: no read-ahead)."
+            )
         if self.max_cache_size is not None:
             self.max_cache_size = parse_size(self.max_cache_size, "max_cache_size")
-        if self.nodes is not None and (isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or self.nodes < 1):
-            raise ValueError(f"nodes is {self.nodes!r}; use the number of nodes the run spans (1 or more), or leave it unset.")
-        if self.on_data_change not in DATA_CHANGE_POLICIES:
-            raise ValueError(f"on_data_change is {self.on_data_change!r}; use one of {', '.join(DATA_CHANGE_POLICIES)} (default error).")
-        if self.exclude_shards is not None and (
-            isinstance(self.exclude_shards, str) or not all(isinstance(name, str) and name for name in self.exclude_shards)
+        if self.nodes is not None and (
+            isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or self.nodes < 1
         ):
-            raise ValueError(f"exclude_shards is {self.exclude_shards!r}; give a list of shard ids, e.g. exclude_shards: [c2, main/3].")
+            raise ValueError(
+                f"nodes is {self.nodes!r}; use the number of nodes the run spans (1 or more), or leave it unset."
+            )
+        if self.on_data_change not in DATA_CHANGE_POLICIES:
+            raise ValueError(
+                f"on_data_change is {self.on_data_change!r}; use one of {', '.join(DATA_CHANGE_POLICIES)} (default error)."
+            )
+        if self.exclude_shards is not None and (
+            isinstance(self.exclude_shards, str)
+            or not all(isinstance(name, str) and name for name in self.exclude_shards)
+        ):
+            raise ValueError(
+                f"exclude_shards is {self.exclude_shards!r}; give a list of shard ids, e.g. exclude_shards: [c2, main/3]."
+            )
         self.shard_types = resolve_shard_types(self.shard_types)
         mix_config = None
         if self.mix_config_path is not None:
@@ -275,11 +309,19 @@ class ShardedMixedDataset(DataModule):
         )
         check_type_names(self.mix_spec, list(self.shard_types))
         top = TopLevel(
-            self.mix_weights_str, self.literal_weights_str, self.proportional_sampling,
-            None if self.mix_config_path is None else str(self.mix_config_path), self.mix_temperature, self.seed,
+            self.mix_weights_str,
+            self.literal_weights_str,
+            self.proportional_sampling,
+            None if self.mix_config_path is None else str(self.mix_config_path),
+            self.mix_temperature,
+            self.seed,
         )
         self.schedule = build_stages(
-            top, self.stages, self.anneal_start_step, self.anneal_start_tokens, self.anneal_weights,
+            top,
+            self.stages,
+            self.anneal_start_step,
+            self.anneal_start_tokens,
+            self.anneal_weights,
             read_mix_file=lambda path: load_mix_file(expand_path(path, "mix_config_path")),
         )
         for stage in self.schedule:
@@ -294,10 +336,13 @@ class ShardedMixedDataset(DataModule):
         if ignored:
             logger.warning(
                 "data init_args %s are accepted for reference configs but have no effect here (the reference's download "
-                "helper read them); drop them, or run `sharded-mix convert-config` on the config.", ", ".join(ignored),
+                "helper read them); drop them, or run `sharded-mix convert-config` on the config.",
+                ", ".join(ignored),
             )
 
-    def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None) -> None:
+    def connect(
+        self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None
+    ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size (train.micro_batch_size) is {batch_size!r}; use a whole number >= 1.")
         train = calling_train_args()
@@ -307,7 +352,9 @@ class ShardedMixedDataset(DataModule):
         self._run = None if out_dir is None else str(out_dir.resolve())
         self.batch_size = batch_size
         self.seq_length = (max_seq_length if max_seq_length is not None else 2048) + 1
-        starts = stage_starts(self.schedule, self.global_batch_size, self.seq_length - 1)  # order, gaps and overlaps, before any I/O
+        starts = stage_starts(
+            self.schedule, self.global_batch_size, self.seq_length - 1
+        )  # order, gaps and overlaps, before any I/O
         for stage in self.schedule:
             if stage.seq_len is not None and stage.seq_len > self.seq_length - 1:
                 raise ValueError(
@@ -316,7 +363,9 @@ class ShardedMixedDataset(DataModule):
                 )
         self._check_stop(train)
         if self.global_batch_size is not None:
-            publish_stage_steps({stage.name: -(-start // self.global_batch_size) for stage, start in zip(self.schedule, starts)})
+            publish_stage_steps(
+                {stage.name: -(-start // self.global_batch_size) for stage, start in zip(self.schedule, starts)}
+            )
         if out_dir is not None and self.stop_rule.active:
             self._exit_if_finished(out_dir)
 
@@ -344,7 +393,8 @@ class ShardedMixedDataset(DataModule):
         if step is not None:
             log_rank_zero(
                 "DATA STOP: %s/final already holds step %d, where this run stops; nothing to do (delete final/ to train it again)",
-                out_dir, step,
+                out_dir,
+                step,
             )
             raise SystemExit(0)
 
@@ -388,7 +438,9 @@ class ShardedMixedDataset(DataModule):
         if self.max_cache_size is None or not remote:
             return
         per_source = self.shuffle_window + self.prefetch_chunks
-        needed = sum(per_source * max(shard.chunk_bytes(chunk) or 0 for chunk in range(shard.chunks)) for shard in remote)
+        needed = sum(
+            per_source * max(shard.chunk_bytes(chunk) or 0 for chunk in range(shard.chunks)) for shard in remote
+        )
         if self.max_cache_size < needed:
             raise ValueError(
                 f"max_cache_size {self.max_cache_size:,} bytes is below the working set of this run's {len(remote)} remote "
@@ -399,7 +451,13 @@ class ShardedMixedDataset(DataModule):
 
     def _mixture(self, base: str, field_name: str) -> Mixture:
         shards = from_rank_zero(
-            lambda: discover_shards(base, self.shard_types, field=field_name, exclude=self.exclude_shards or (), storage_options=self.storage_options)
+            lambda: discover_shards(
+                base,
+                self.shard_types,
+                field=field_name,
+                exclude=self.exclude_shards or (),
+                storage_options=self.storage_options,
+            )
         )
         if len(shards) == 1 and shards[0].id == MAIN_TYPE:  # only a single litdata directory gets the bare id
             if field_name == "data_path":
@@ -442,9 +500,11 @@ class ShardedMixedDataset(DataModule):
         trained = [shard for shard in self.train_mixture.shards if shard.id in used]
         self._check_chunk_files(trained + self.val_mixture.sources)
         self._check_cache_budget(trained)
-        dtypes = {(f"{label}{shard.id}", shard.dtype)
-                  for label, shards in (("", trained), ("val:", self.val_mixture.sources))
-                  for shard in shards}
+        dtypes = {
+            (f"{label}{shard.id}", shard.dtype)
+            for label, shards in (("", trained), ("val:", self.val_mixture.sources))
+            for shard in shards
+        }
         if len({dtype for _, dtype in dtypes}) > 1:
             listing = ", ".join(f"{shard_id}={dtype}" for shard_id, dtype in sorted(dtypes))
             raise ValueError(
@@ -466,7 +526,8 @@ class ShardedMixedDataset(DataModule):
         if problems:
             shown = capped(problems, 20, "problems")
             raise ValueError(
-                "the shards of this run have chunk file problems, found before training:\n  " + "\n  ".join(shown)
+                "the shards of this run have chunk file problems, found before training:\n  "
+                + "\n  ".join(shown)
                 + "\n`sharded-mix inspect --verify DATA_PATH` lists every shard's problems."
             )
 
@@ -494,8 +555,14 @@ class ShardedMixedDataset(DataModule):
         sizes = {stage.block_size(self.seq_length - 1) for stage in self.schedule}
         source_blocks = {shard.id: {size: shard.blocks(size) for size in sizes} for shard in mixture.shards}
         return stage_plan_rows(
-            self.schedule, self.stage_weights, source_blocks, self.global_batch_size, self.seq_length - 1, max_tokens,
-            resume_step, self.stop_rule.stop_step(resume_step),
+            self.schedule,
+            self.stage_weights,
+            source_blocks,
+            self.global_batch_size,
+            self.seq_length - 1,
+            max_tokens,
+            resume_step,
+            self.stop_rule.stop_step(resume_step),
         )
 
     def plan_rows(self) -> list[PlanRow]:
@@ -516,19 +583,42 @@ class ShardedMixedDataset(DataModule):
         starts = stage_starts(self.schedule, self.global_batch_size, max_seq_length, self.batch_size, world_size)
         stages = [
             stream_stage(
-                mixture.shards, weights, stage.block_size(max_seq_length), stage.seed, stage.name, start, str(stage.start), self.shuffle_window
+                mixture.shards,
+                weights,
+                stage.block_size(max_seq_length),
+                stage.seed,
+                stage.name,
+                start,
+                str(stage.start),
+                self.shuffle_window,
             )
             for stage, weights, start in zip(self.schedule, self.stage_weights, starts)
         ]
         return staged_loader(
-            mixture.shards, stages, self.batch_size, self.shuffle, self.num_workers, self.max_epochs_per_source, self.on_data_change,
-            self.chunk_cache(), self.prefetch_chunks, nodes, self.stop_rule, self.global_batch_size, self._run,
-            self.restart_data_on_resume, self._run_steps,
+            mixture.shards,
+            stages,
+            self.batch_size,
+            self.shuffle,
+            self.num_workers,
+            self.max_epochs_per_source,
+            self.on_data_change,
+            self.chunk_cache(),
+            self.prefetch_chunks,
+            nodes,
+            self.stop_rule,
+            self.global_batch_size,
+            self._run,
+            self.restart_data_on_resume,
+            self._run_steps,
         )
 
     def node_count(self, rank: int, world_size: int) -> int:
         """The nodes of the run: the ``nodes`` field, else the launcher's; checked against the ranks."""
-        nodes, origin = (self.nodes, "the nodes field") if self.nodes is not None else launcher_nodes(world_size, self._fabric_nodes)
+        nodes, origin = (
+            (self.nodes, "the nodes field")
+            if self.nodes is not None
+            else launcher_nodes(world_size, self._fabric_nodes)
+        )
         check_node_layout(rank, world_size, nodes)
         if nodes > 1:
             log_rank_zero("%d nodes (from %s): each reads its own slice of every epoch of every source", nodes, origin)
@@ -538,5 +628,11 @@ class ShardedMixedDataset(DataModule):
         self._require_setup()
         mixture = self.val_mixture
         return validation_loader(
-            mixture.shards, mixture.weights, self.seq_length, self.batch_size, self.seed, self.num_workers, self.chunk_cache()
+            mixture.shards,
+            mixture.weights,
+            self.seq_length,
+            self.batch_size,
+            self.seed,
+            self.num_workers,
+            self.chunk_cache(),
         )

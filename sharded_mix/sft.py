@@ -41,14 +41,22 @@ def fit_length(example: dict, max_seq_length: int) -> dict:
     input_ids, labels = example["input_ids"][:max_seq_length], example["labels"][:max_seq_length]
     counts = example["token_counts"]
     return {
-        "input_ids": input_ids, "labels": labels,
+        "input_ids": input_ids,
+        "labels": labels,
         "token_counts": {"raw": min(counts["raw"], len(input_ids)), "raw_plus_prompt_template": len(input_ids)},
     }
 
 
 def encode_task(
-    name: str, path: str | Path, tokenizer: Tokenizer, prompt_style: PromptStyle, mask_prompt: bool, ignore_index: int,
-    max_seq_length: int = -1, long_examples: str = "truncate", template: dict[str, str] | None = None,
+    name: str,
+    path: str | Path,
+    tokenizer: Tokenizer,
+    prompt_style: PromptStyle,
+    mask_prompt: bool,
+    ignore_index: int,
+    max_seq_length: int = -1,
+    long_examples: str = "truncate",
+    template: dict[str, str] | None = None,
 ) -> EncodedTask:
     """Read, template and tokenize a task file with LitGPT's ``SFTDataset``; examples longer than ``max_seq_length``
     (-1: no limit) are cut to it (``truncate``) or left out (``drop``)."""
@@ -119,7 +127,9 @@ def prompt_style_named(name: str) -> PromptStyle:
     from litgpt.prompts import prompt_styles
 
     if name not in prompt_styles:
-        raise ValueError(f"prompt_style {name!r} is not a LitGPT prompt style; use one of {', '.join(sorted(prompt_styles))}.")
+        raise ValueError(
+            f"prompt_style {name!r} is not a LitGPT prompt style; use one of {', '.join(sorted(prompt_styles))}."
+        )
     return PromptStyle.from_name(name)
 
 
@@ -135,7 +145,9 @@ def parse_weights(value: dict | str | None) -> dict[str, float] | None:
         except ValueError:
             name = ""
         if not sep or not name:
-            raise ValueError(f"weights {value!r}: {item!r} is not NAME:WEIGHT; write e.g. gsm8k:0.7,lima:0.3.") from None
+            raise ValueError(
+                f"weights {value!r}: {item!r} is not NAME:WEIGHT; write e.g. gsm8k:0.7,lima:0.3."
+            ) from None
     return weights
 
 
@@ -195,24 +207,38 @@ class SFTMixture(DataModule):
         super().__init__()
         self.train_files = self._files(self.train_data, "train_data")
         if self.val_data is None:
-            raise ValueError("val_data is not set; give one validation task file, or several by name, e.g. val_data: {gsm8k: data/gsm8k/val.json}.")
+            raise ValueError(
+                "val_data is not set; give one validation task file, or several by name, e.g. val_data: {gsm8k: data/gsm8k/val.json}."
+            )
         self.val_files = self._files(self.val_data, "val_data")
         self.task_weights = parse_weights(self.weights)
         unknown = sorted(set(self.task_weights or {}) - set(self.train_files))
         if unknown:
-            raise ValueError(f"weights name {unknown[0]!r}, which is not in train_data ({', '.join(self.train_files)}); weight the train_data names.")
+            raise ValueError(
+                f"weights name {unknown[0]!r}, which is not in train_data ({', '.join(self.train_files)}); weight the train_data names."
+            )
         if self.task_weights is not None and not any(weight > 0 for weight in self.task_weights.values()):
             raise ValueError(f"weights {self.weights!r} give no task a positive weight; weight at least one task.")
         if self.long_examples not in LONG_EXAMPLE_POLICIES:
             raise ValueError(f"long_examples is {self.long_examples!r}; use one of {', '.join(LONG_EXAMPLE_POLICIES)}.")
         if not 0 <= self.replay_share < 1:
-            raise ValueError(f"replay_share is {self.replay_share!r}; use a share in [0, 1), e.g. 0.1 for 10% replay blocks.")
+            raise ValueError(
+                f"replay_share is {self.replay_share!r}; use a share in [0, 1), e.g. 0.1 for 10% replay blocks."
+            )
         if self.replay_share > 0 and self.replay_data_path is None:
-            raise ValueError(f"replay_share is {self.replay_share:g} but replay_data_path is not set; set it to the pretraining shards to replay.")
+            raise ValueError(
+                f"replay_share is {self.replay_share:g} but replay_data_path is not set; set it to the pretraining shards to replay."
+            )
         if self.replay_share > 0 and REPLAY_SOURCE in self.train_files:
-            raise ValueError(f"train_data names a task {REPLAY_SOURCE!r}, the name of the replay source; rename that task.")
-        if self.epoch_size is not None and (isinstance(self.epoch_size, bool) or not isinstance(self.epoch_size, int) or self.epoch_size < 1):
-            raise ValueError(f"epoch_size is {self.epoch_size!r}; use a whole number of samples, 1 or more (default: the tasks' examples).")
+            raise ValueError(
+                f"train_data names a task {REPLAY_SOURCE!r}, the name of the replay source; rename that task."
+            )
+        if self.epoch_size is not None and (
+            isinstance(self.epoch_size, bool) or not isinstance(self.epoch_size, int) or self.epoch_size < 1
+        ):
+            raise ValueError(
+                f"epoch_size is {self.epoch_size!r}; use a whole number of samples, 1 or more (default: the tasks' examples)."
+            )
         if self.num_workers < 0:
             raise ValueError(f"num_workers is {self.num_workers}; use 0 (load in the main process) or more.")
         if isinstance(self.prompt_style, str):
@@ -223,18 +249,29 @@ class SFTMixture(DataModule):
         if isinstance(value, (str, Path)):
             value = {Path(str(value)).stem: value}
         if not isinstance(value, dict) or not value:
-            raise ValueError(f"{field_name} is {value!r}; give a task file, or task files by name, e.g. {{gsm8k: data/gsm8k.json}}.")
+            raise ValueError(
+                f"{field_name} is {value!r}; give a task file, or task files by name, e.g. {{gsm8k: data/gsm8k.json}}."
+            )
         return {str(name): expand_path(path, f"{field_name}.{name}") for name, path in value.items()}
 
-    def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None) -> None:
+    def connect(
+        self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_seq_length = -1 if max_seq_length is None else max_seq_length
 
     def _encode(self, name: str, path: str) -> EncodedTask:
         return encode_task(
-            name, path, self.tokenizer, self.prompt_style, self.mask_prompt, self.ignore_index, self.max_seq_length,
-            self.long_examples, (self.templates or {}).get(name),
+            name,
+            path,
+            self.tokenizer,
+            self.prompt_style,
+            self.mask_prompt,
+            self.ignore_index,
+            self.max_seq_length,
+            self.long_examples,
+            (self.templates or {}).get(name),
         )
 
     def setup(self, stage: str = "") -> None:
@@ -242,12 +279,16 @@ class SFTMixture(DataModule):
         if self.tokenizer is None:
             raise RuntimeError("call connect(tokenizer, ...) before setup().")
         weights = self.task_weights or {name: None for name in self.train_files}
-        self.tasks = {name: self._encode(name, path) for name, path in self.train_files.items() if weights.get(name, 0) != 0}
+        self.tasks = {
+            name: self._encode(name, path) for name, path in self.train_files.items() if weights.get(name, 0) != 0
+        }
         self.val_tasks = {name: self._encode(name, path) for name, path in self.val_files.items()}
         pools: dict[str, Sequence[dict]] = {name: task.examples for name, task in self.tasks.items()}
         for name, task in self.tasks.items():
             if not task.examples:
-                raise ValueError(f"task {name!r} ({task.path}) has no example left to train on ({task.dropped} longer than max_seq_length were dropped).")
+                raise ValueError(
+                    f"task {name!r} ({task.path}) has no example left to train on ({task.dropped} longer than max_seq_length were dropped)."
+                )
         if self.task_weights is None:
             blend = {name: float(len(pool)) for name, pool in pools.items()}
         else:
@@ -257,14 +298,22 @@ class SFTMixture(DataModule):
         if self.replay_share > 0:
             pools[REPLAY_SOURCE] = self._replay_blocks()
             blend[REPLAY_SOURCE] = self.replay_share
-        epoch_size = self.epoch_size or max(1, round(sum(len(task.examples) for task in self.tasks.values()) / (1 - self.replay_share)))
-        self.epochs = SFTEpochs(blend, {name: len(pool) for name, pool in pools.items()}, epoch_size, self.seed, self.shuffle)
+        epoch_size = self.epoch_size or max(
+            1, round(sum(len(task.examples) for task in self.tasks.values()) / (1 - self.replay_share))
+        )
+        self.epochs = SFTEpochs(
+            blend, {name: len(pool) for name, pool in pools.items()}, epoch_size, self.seed, self.shuffle
+        )
         first_task = next(iter(self.tasks.values()))
         self.train_dataset = MixedExamples(self.epochs, pools, first_task.records)
         val_examples = [example for task in self.val_tasks.values() for example in task.examples]
         if not val_examples:
-            raise ValueError(f"val_data ({', '.join(self.val_files.values())}) holds no example; give validation examples.")
-        self.test_dataset = Examples(val_examples, [record for task in self.val_tasks.values() for record in task.records])
+            raise ValueError(
+                f"val_data ({', '.join(self.val_files.values())}) holds no example; give validation examples."
+            )
+        self.test_dataset = Examples(
+            val_examples, [record for task in self.val_tasks.values() for record in task.records]
+        )
         log_rank_zero("%s", format_sft_plan(self.epochs, blend, self.tasks, self.val_tasks, self.max_seq_length))
 
     def _replay_blocks(self) -> ReplayBlocks:
@@ -272,12 +321,16 @@ class SFTMixture(DataModule):
         if block_size is None or block_size < 2:
             raise ValueError("replay needs a block size: set replay_block_size, or train.max_seq_length.")
         if 0 < self.max_seq_length < block_size:
-            raise ValueError(f"replay_block_size {block_size} is larger than train.max_seq_length {self.max_seq_length}; lower it.")
+            raise ValueError(
+                f"replay_block_size {block_size} is larger than train.max_seq_length {self.max_seq_length}; lower it."
+            )
         base = expand_path(self.replay_data_path, "replay_data_path")
         shards = discover_shards(base, field="replay_data_path")
         blocks = ReplayBlocks(shards, block_size)
         if len(blocks) < 1:
-            raise ValueError(f"replay_data_path {base!r} holds no block of {block_size} tokens; lower replay_block_size.")
+            raise ValueError(
+                f"replay_data_path {base!r} holds no block of {block_size} tokens; lower replay_block_size."
+            )
         return blocks
 
     def _collate(self):
@@ -288,31 +341,60 @@ class SFTMixture(DataModule):
         if self.train_dataset is None:
             raise RuntimeError("call connect(...) and setup() before asking for data loaders.")
         return DataLoader(
-            self.train_dataset, batch_size=self.batch_size, sampler=EpochSampler(len(self.train_dataset), start),
-            num_workers=self.num_workers, collate_fn=self._collate(),
+            self.train_dataset,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(self.train_dataset), start),
+            num_workers=self.num_workers,
+            collate_fn=self._collate(),
         )
 
     def val_dataloader(self) -> DataLoader:
         if self.test_dataset is None:
             raise RuntimeError("call connect(...) and setup() before asking for data loaders.")
-        return DataLoader(self.test_dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=self._collate())
+        return DataLoader(
+            self.test_dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self._collate(),
+        )
 
 
 def format_sft_plan(
-    epochs: SFTEpochs, blend: dict[str, float], tasks: dict[str, EncodedTask], val_tasks: dict[str, EncodedTask], max_seq_length: int
+    epochs: SFTEpochs,
+    blend: dict[str, float],
+    tasks: dict[str, EncodedTask],
+    val_tasks: dict[str, EncodedTask],
+    max_seq_length: int,
 ) -> str:
-    header = f"{'source':<14} {'examples':>9} {'weight':>8} {'per epoch':>10} {'passes':>7} {'cut':>6} {'dropped':>8}  file"
+    header = (
+        f"{'source':<14} {'examples':>9} {'weight':>8} {'per epoch':>10} {'passes':>7} {'cut':>6} {'dropped':>8}  file"
+    )
     limit = "no length limit" if max_seq_length < 1 else f"max_seq_length {max_seq_length}"
-    lines = [f"===== SFT MIXTURE: {epochs.epoch_size:,} samples per epoch, seed {epochs.seed}, {limit} =====", header, "-" * len(header)]
+    lines = [
+        f"===== SFT MIXTURE: {epochs.epoch_size:,} samples per epoch, seed {epochs.seed}, {limit} =====",
+        header,
+        "-" * len(header),
+    ]
     for source in epochs.sources:
         task = tasks.get(source)
         pool, per_epoch = epochs.pools[source], epochs.per_epoch[source]
         where = task.path if task else "pretraining blocks"
         cut, dropped = (task.truncated, task.dropped) if task else (0, 0)
-        lines.append(f"{source:<14} {pool:>9,} {blend[source]:>8.4f} {per_epoch:>10,} {per_epoch / pool:>7.2f} {cut:>6,} {dropped:>8,}  {where}")
+        lines.append(
+            f"{source:<14} {pool:>9,} {blend[source]:>8.4f} {per_epoch:>10,} {per_epoch / pool:>7.2f} {cut:>6,} {dropped:>8,}  {where}"
+        )
     for name, task in val_tasks.items():
-        lines.append(f"val {name}: {len(task.examples):,} examples ({task.truncated} cut, {task.dropped} dropped), {task.path}")
-    silent = [f"{task.name} ({task.without_targets})" for task in [*tasks.values(), *val_tasks.values()] if task.without_targets]
+        lines.append(
+            f"val {name}: {len(task.examples):,} examples ({task.truncated} cut, {task.dropped} dropped), {task.path}"
+        )
+    silent = [
+        f"{task.name} ({task.without_targets})"
+        for task in [*tasks.values(), *val_tasks.values()]
+        if task.without_targets
+    ]
     if silent:
-        lines.append("examples without a target token after the cut (they add nothing to the loss): " + ", ".join(silent))
+        lines.append(
+            "examples without a target token after the cut (they add nothing to the loss): " + ", ".join(silent)
+        )
     return "\n".join(lines)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 MAIN_TYPE = "main"
 INDEX_FILE = "index.json"
 
@@ -91,9 +90,7 @@ def resolve_shard_types(overrides: Mapping[str, str] | None = None) -> dict[str,
     types = dict(DEFAULT_SHARD_TYPES)
     for name, prefix in (overrides or {}).items():
         if not isinstance(name, str) or not name or name == MAIN_TYPE:
-            raise ValueError(
-                f"shard_types: type name {name!r} is not allowed; use a non-empty name other than 'main'."
-            )
+            raise ValueError(f"shard_types: type name {name!r} is not allowed; use a non-empty name other than 'main'.")
         if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z_]+", prefix):
             raise ValueError(
                 f"shard_types: prefix {prefix!r} for type {name!r} must be letters only, e.g. {{{name}: x}} "
@@ -143,7 +140,9 @@ def _chunk_entry(shard_id: str, path: str | Path, number: int, chunk: object) ->
     filename, tokens, items = chunk.get("filename"), chunk.get("dim"), chunk.get("chunk_size") or 0
     for name, value in (("dim", tokens), ("chunk_size", items)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{where}: {name} is {value!r}, not a whole number >= 0; re-run `sharded-mix prepare` for this shard.")
+            raise ValueError(
+                f"{where}: {name} is {value!r}, not a whole number >= 0; re-run `sharded-mix prepare` for this shard."
+            )
     if not isinstance(filename, str) or not is_plain_file_name(filename):
         raise ValueError(
             f"{where}: filename {filename!r} is not a file name inside the shard (no '/', '..' or absolute paths); "

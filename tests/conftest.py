@@ -13,6 +13,16 @@ import torch
 from sharded_mix import ShardedMixedDataset
 from sharded_mix.tools import prepare
 
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Everything under tests/e2e/ runs a real ``litgpt`` process: ``-m "not e2e"`` leaves it out."""
+    for item in items:
+        if E2E in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
 SOURCE_STRIDE = 10**7
 """Token = source number × SOURCE_STRIDE + position, so every block names its source and offset."""
 

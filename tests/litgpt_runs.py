@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
 from conftest import write_token_shard
 
 LITGPT = str(Path(sys.executable).parent / "litgpt")

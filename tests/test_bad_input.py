@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import BLOCK, block_ids, take, write_source
 from damage import delete, edit_index, empty, index_dim_too_small, index_says_int16, truncate, unreadable
+
 from sharded_mix import ShardedMixedDataset
 from sharded_mix.mixing.state import STATE_VERSION
 
@@ -31,7 +31,13 @@ def base(tmp_path: Path) -> Path:
 
 def first_batch(produced: list, base: Path, state: dict | None = None, batch_size: int = 4, **fields) -> None:
     """Construct, connect, set up, resume from ``state`` and take one batch into ``produced``: LitGPT's order."""
-    fields = {"mix_weights_str": BLEND, "val_data_path": base / "main" / "1", "num_workers": 0, "data_path": base, **fields}
+    fields = {
+        "mix_weights_str": BLEND,
+        "val_data_path": base / "main" / "1",
+        "num_workers": 0,
+        "data_path": base,
+        **fields,
+    }
     data = ShardedMixedDataset(**fields)
     data.connect(batch_size=batch_size, max_seq_length=BLOCK - 1)
     data.setup()
@@ -43,7 +49,13 @@ def first_batch(produced: list, base: Path, state: dict | None = None, batch_siz
 
 def saved_state(base: Path, batches: int = 5, **fields) -> dict:
     """The data state of a healthy run after ``batches`` batches."""
-    fields = {"mix_weights_str": BLEND, "val_data_path": base / "main" / "1", "num_workers": 0, "data_path": base, **fields}
+    fields = {
+        "mix_weights_str": BLEND,
+        "val_data_path": base / "main" / "1",
+        "num_workers": 0,
+        "data_path": base,
+        **fields,
+    }
     data = ShardedMixedDataset(**fields)
     data.connect(batch_size=4, max_seq_length=BLOCK - 1)
     data.setup()
@@ -53,7 +65,9 @@ def saved_state(base: Path, batches: int = 5, **fields) -> dict:
 
 
 def loader_with_seed(base: Path, seed: int):
-    data = ShardedMixedDataset(data_path=base, mix_weights_str=BLEND, val_data_path=base / "main" / "1", num_workers=0, seed=seed)
+    data = ShardedMixedDataset(
+        data_path=base, mix_weights_str=BLEND, val_data_path=base / "main" / "1", num_workers=0, seed=seed
+    )
     data.connect(batch_size=4, max_seq_length=BLOCK - 1)
     data.setup()
     return data.train_dataloader()
@@ -61,12 +75,15 @@ def loader_with_seed(base: Path, seed: int):
 
 def broken_dir(name: str):
     def damage(base: Path) -> dict:
-        {"no_index": lambda: (base / "c2" / "index.json").unlink(),
-         "dangling_link": lambda: (base / "c3").symlink_to(base / "nowhere"),
-         "link_loop": lambda: (base / "m2").symlink_to(base / "m2"),
-         "index_is_a_list": lambda: (base / "c2" / "index.json").write_text("[]"),
-         "unreadable_dir": lambda: unreadable_dir(base / "c2")}[name]()
+        {
+            "no_index": lambda: (base / "c2" / "index.json").unlink(),
+            "dangling_link": lambda: (base / "c3").symlink_to(base / "nowhere"),
+            "link_loop": lambda: (base / "m2").symlink_to(base / "m2"),
+            "index_is_a_list": lambda: (base / "c2" / "index.json").write_text("[]"),
+            "unreadable_dir": lambda: unreadable_dir(base / "c2"),
+        }[name]()
         return {}
+
     damage.__name__ = name
     return damage
 
@@ -95,6 +112,7 @@ def mix_file(text: str):
         path = base.parent / "mix.yaml"
         path.write_text(text)
         return {"mix_weights_str": None, "mix_config_path": path}
+
     write.__name__ = "mix_file_" + ("empty" if not text else "commented_out")
     return write
 
@@ -102,6 +120,7 @@ def mix_file(text: str):
 def fields(name: str, **values):
     def given(base: Path) -> dict:
         return values
+
     given.__name__ = name
     return given
 
@@ -110,6 +129,7 @@ def damaged_chunk(damage):
     def apply(base: Path) -> dict:
         damage(base / "c1")
         return {}
+
     apply.__name__ = f"chunk_{damage.__name__}"
     return apply
 
@@ -124,17 +144,20 @@ def damaged_state(name: str, damage):
         state = saved_state(base)
         damage(state)
         return {"state": state}
+
     apply.__name__ = f"state_{name}"
     return apply
 
 
 def rewritten_shard(tokens: int):
     """c1 rewritten after the checkpoint: new content of the same size, or more tokens."""
+
     def apply(base: Path) -> dict:
         state = saved_state(base)
         shutil.rmtree(base / "c1")
         write_source(base, "c1", 9, tokens, doc_tokens=BLOCK)
         return {"state": state}
+
     apply.__name__ = "shard_rewritten_same_size" if tokens == 800 else "shard_grew"
     return apply
 
@@ -157,7 +180,10 @@ CASES = [
     (broken_dir("unreadable_dir"), r"(?s)c2 \(.*/c2\): cannot be read \(permission denied\)"),
     (broken_dir("index_is_a_list"), r"(?s)c2 \(.*/c2\): .*index.json is not a litdata index"),
     (stray_index_at_the_root, r"data_path '.*/data' holds an index.json of its own and shard directories"),
-    (one_directory_with_a_type_blend, r"data_path '.*/c1' is one litdata directory .* mix_weights_str names code: the blend would be ignored"),
+    (
+        one_directory_with_a_type_blend,
+        r"data_path '.*/c1' is one litdata directory .* mix_weights_str names code: the blend would be ignored",
+    ),
     (one_directory_with_a_literal_blend, r"data_path '.*/c1' is one litdata directory .* literal_weights_str names c1"),
     (mix_file(""), r"mix_config_path '.*mix.yaml' holds no blend"),
     (mix_file("# weights: {main: 0.9, math: 0.1}\n"), r"mix_config_path '.*mix.yaml' holds no blend"),
@@ -166,30 +192,76 @@ CASES = [
     (fields("seed_float", seed=3.2), r"seed is 3.2; use a whole number"),
     (fields("seed_bool", seed=True), r"seed is True; use a whole number"),
     (fields("seed_negative", seed=-1), r"seed is -1; use a whole number"),
-    (fields("seed_past_64_bits", seed=2**64), r"seed is 18446744073709551616; use a whole number from 0 to 2\*\*64 - 1"),
+    (
+        fields("seed_past_64_bits", seed=2**64),
+        r"seed is 18446744073709551616; use a whole number from 0 to 2\*\*64 - 1",
+    ),
     (fields("stage_seed_float", stages=[{"name": "a", "start_step": 0, "seed": 3.5}]), r"stages\[0\] 'a': seed is 3.5"),
     (fields("batch_size_zero", batch_size=0), r"batch_size \(train.micro_batch_size\) is 0"),
-    (fields("on_data_change_unknown", on_data_change="ignore"), r"on_data_change is 'ignore'; use one of error, restart, continue"),
+    (
+        fields("on_data_change_unknown", on_data_change="ignore"),
+        r"on_data_change is 'ignore'; use one of error, restart, continue",
+    ),
     (damaged_chunk(delete), r"shard 'c1': chunk file '.*/c1/chunk-0-0.bin' is missing"),
     (damaged_chunk(truncate), r"shard 'c1': chunk file '.*/c1/chunk-0-0.bin' holds [\d,]+ bytes, expected [\d,]+"),
     (damaged_chunk(empty), r"shard 'c1': chunk file '.*/c1/chunk-0-0.bin' holds 0 bytes, .*the file is empty"),
     (damaged_chunk(unreadable), r"shard 'c1': chunk file '.*/c1/chunk-0-0.bin' cannot be read \(permission denied\)"),
-    (damaged_chunk(index_says_int16), r"shard 'c1': chunk file '.*/c1/chunk-0-\d-?\d*.bin' holds .* not 2 \(int16\): index.json's dtype"),
-    (damaged_chunk(index_dim_too_small), r"shard 'c1': chunk file '.*/c1/chunk-0-0.bin' holds [\d,]+ bytes, expected [\d,]+ .*larger"),
-    (chunk_name_outside_the_shard, r"(?s)c1 \(.*/c1\): .*chunk 0: filename '\.\./c2/chunk-0-0\.bin' is not a file name inside the shard"),
+    (
+        damaged_chunk(index_says_int16),
+        r"shard 'c1': chunk file '.*/c1/chunk-0-\d-?\d*.bin' holds .* not 2 \(int16\): index.json's dtype",
+    ),
+    (
+        damaged_chunk(index_dim_too_small),
+        r"shard 'c1': chunk file '.*/c1/chunk-0-0.bin' holds [\d,]+ bytes, expected [\d,]+ .*larger",
+    ),
+    (
+        chunk_name_outside_the_shard,
+        r"(?s)c1 \(.*/c1\): .*chunk 0: filename '\.\./c2/chunk-0-0\.bin' is not a file name inside the shard",
+    ),
     (damaged_state("empty", lambda state: state.clear()), r"train_dataloader state in the checkpoint is empty"),
-    (damaged_state("sources_emptied", lambda state: state["sources"].clear()), r"sources is \{\}, expected one entry per source"),
+    (
+        damaged_state("sources_emptied", lambda state: state["sources"].clear()),
+        r"sources is \{\}, expected one entry per source",
+    ),
     (damaged_state("key_missing", lambda state: state.pop("taken")), r"taken is 'missing'"),
-    (damaged_state("draws_negative", lambda state: state["sources"]["c1"].update(draws=-3)), r"sources\['c1'\]\.draws is -3, expected a whole number >= 0"),
-    (damaged_state("draws_string", lambda state: state["sources"]["c1"].update(draws="abc")), r"sources\['c1'\]\.draws is 'abc'"),
-    (damaged_state("version_unknown", lambda state: state.update(version=STATE_VERSION + 1)), r"state version \d+ is not one of"),
-    (damaged_state("nodes_not_dividing_ranks", lambda state: state.update(world_size=4, nodes=3)), r"nodes is 3, expected a divisor of world_size 4"),
-    (damaged_state("split_not_covering_the_epoch", lambda state: state["sources"]["c1"].update(
-        split={"epoch": 0, "world_size": 2, "nodes": 2, "start": 0, "intervals": [[0, 3]]})), r"sources\['c1'\]\.split\.intervals is \[\[0, 3\]\], expected \[lo, hi\] pairs"),
+    (
+        damaged_state("draws_negative", lambda state: state["sources"]["c1"].update(draws=-3)),
+        r"sources\['c1'\]\.draws is -3, expected a whole number >= 0",
+    ),
+    (
+        damaged_state("draws_string", lambda state: state["sources"]["c1"].update(draws="abc")),
+        r"sources\['c1'\]\.draws is 'abc'",
+    ),
+    (
+        damaged_state("version_unknown", lambda state: state.update(version=STATE_VERSION + 1)),
+        r"state version \d+ is not one of",
+    ),
+    (
+        damaged_state("nodes_not_dividing_ranks", lambda state: state.update(world_size=4, nodes=3)),
+        r"nodes is 3, expected a divisor of world_size 4",
+    ),
+    (
+        damaged_state(
+            "split_not_covering_the_epoch",
+            lambda state: state["sources"]["c1"].update(
+                split={"epoch": 0, "world_size": 2, "nodes": 2, "start": 0, "intervals": [[0, 3]]}
+            ),
+        ),
+        r"sources\['c1'\]\.split\.intervals is \[\[0, 3\]\], expected \[lo, hi\] pairs",
+    ),
     (fields("nodes_zero", nodes=0), r"nodes is 0; use the number of nodes the run spans"),
-    (rewritten_shard(800), r"(?s)on_data_change=error: 1 source\(s\) changed.*c1 \(.*/c1\): content [0-9a-f]+ in the checkpoint, content [0-9a-f]+ now"),
-    (rewritten_shard(1600), r"(?s)on_data_change=error: 1 source\(s\) changed.*c1 .*\(chunks \d+ -> \d+, tokens 800 -> 1,600\)"),
-    (grew_before_fingerprints, r"(?s)on_data_change=error: 1 source\(s\) changed.*c1 .*: 50 blocks in the checkpoint, 100 blocks now"),
+    (
+        rewritten_shard(800),
+        r"(?s)on_data_change=error: 1 source\(s\) changed.*c1 \(.*/c1\): content [0-9a-f]+ in the checkpoint, content [0-9a-f]+ now",
+    ),
+    (
+        rewritten_shard(1600),
+        r"(?s)on_data_change=error: 1 source\(s\) changed.*c1 .*\(chunks \d+ -> \d+, tokens 800 -> 1,600\)",
+    ),
+    (
+        grew_before_fingerprints,
+        r"(?s)on_data_change=error: 1 source\(s\) changed.*c1 .*: 50 blocks in the checkpoint, 100 blocks now",
+    ),
 ]
 
 
@@ -213,7 +285,9 @@ def test_a_global_batch_size_that_disagrees_with_litgpt_is_refused_at_connect(ba
     from litgpt.args import TrainArgs
     from litgpt.pretrain import get_dataloaders
 
-    data = ShardedMixedDataset(data_path=base, mix_weights_str=BLEND, val_data_path=base / "main" / "1", num_workers=0, global_batch_size=8)
+    data = ShardedMixedDataset(
+        data_path=base, mix_weights_str=BLEND, val_data_path=base / "main" / "1", num_workers=0, global_batch_size=8
+    )
     train = TrainArgs(global_batch_size=16, micro_batch_size=4, max_seq_length=BLOCK - 1)
     with pytest.raises(ValueError, match="global_batch_size is 8 in the data args but train.global_batch_size is 16"):
         get_dataloaders(None, data, None, train, BLOCK - 1)
@@ -231,7 +305,9 @@ def test_litgpt_global_batch_size_is_taken_when_the_data_args_have_none(base):
             return nullcontext()
 
     stages = [{"name": "web", "start_step": 0}, {"name": "math", "start_step": 2, "mix_weights_str": "math:1"}]
-    data = ShardedMixedDataset(data_path=base, mix_weights_str=BLEND, val_data_path=base / "main" / "1", num_workers=0, stages=stages)
+    data = ShardedMixedDataset(
+        data_path=base, mix_weights_str=BLEND, val_data_path=base / "main" / "1", num_workers=0, stages=stages
+    )
     train = TrainArgs(global_batch_size=8, micro_batch_size=4, max_seq_length=BLOCK - 1)
     loader, _ = get_dataloaders(Fabric(), data, None, train, BLOCK - 1)
     assert data.global_batch_size == 8
@@ -246,7 +322,13 @@ def test_restart_and_continue_are_logged_with_their_cost(base, caplog):
     write_source(base, "c1", 9, 800, doc_tokens=BLOCK)
     for policy, first_draws in (("restart", 0), ("continue", drawn)):
         caplog.clear()
-        data = ShardedMixedDataset(data_path=base, mix_weights_str=BLEND, val_data_path=base / "main" / "1", num_workers=0, on_data_change=policy)
+        data = ShardedMixedDataset(
+            data_path=base,
+            mix_weights_str=BLEND,
+            val_data_path=base / "main" / "1",
+            num_workers=0,
+            on_data_change=policy,
+        )
         data.connect(batch_size=4, max_seq_length=BLOCK - 1)
         data.setup()
         loader = data.train_dataloader()
@@ -257,7 +339,12 @@ def test_restart_and_continue_are_logged_with_their_cost(base, caplog):
         assert loader.state_dict()["sources"]["c1"]["draws"] == first_draws
         assert loader.state_dict()["sources"]["main/1"]["draws"] == state["sources"]["main/1"]["draws"]
         batches = take(loader, 3)
-        assert {source for source, _ in block_ids(batches)} <= {1, 3, 4, 9}  # the new c1 is source 9, the old one (2) is gone
+        assert {source for source, _ in block_ids(batches)} <= {
+            1,
+            3,
+            4,
+            9,
+        }  # the new c1 is source 9, the old one (2) is gone
 
 
 def test_a_changed_max_seq_length_on_resume_is_a_warning_with_its_cost(base, caplog):
@@ -279,14 +366,21 @@ def test_a_staged_run_resumed_on_fewer_ranks_keeps_its_stage_at_the_same_step(ba
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", str(world_size))
         data = ShardedMixedDataset(
-            data_path=base, mix_weights_str=BLEND, val_data_path=base / "main" / "1", num_workers=0, stages=stages, global_batch_size=8
+            data_path=base,
+            mix_weights_str=BLEND,
+            val_data_path=base / "main" / "1",
+            num_workers=0,
+            stages=stages,
+            global_batch_size=8,
         )
         data.connect(batch_size=4, max_seq_length=BLOCK - 1)
         data.setup()
         return data.train_dataloader()
 
     ranks = [loader(rank, 2) for rank in range(2)]
-    before = [block_ids(take(rank_loader, 2)) for rank_loader in ranks]  # steps 0 and 1: one micro-batch per rank and step
+    before = [
+        block_ids(take(rank_loader, 2)) for rank_loader in ranks
+    ]  # steps 0 and 1: one micro-batch per rank and step
     state = ranks[0].state_dict()
     assert state["samples"] == 8 and state["world_size"] == 2
 
@@ -294,7 +388,9 @@ def test_a_staged_run_resumed_on_fewer_ranks_keeps_its_stage_at_the_same_step(ba
     alone.load_state_dict(state)
     assert alone.cursor.samples == 16  # step 2 on one rank
     after = block_ids(take(alone, 6))  # steps 2 and 3 (two micro-batches each), then step 4
-    assert {source for source, _ in after[:16]} != {4} and {source for source, _ in after[16:]} == {4}  # math from step 4 on
+    assert {source for source, _ in after[:16]} != {4} and {source for source, _ in after[16:]} == {
+        4
+    }  # math from step 4 on
     read = before[0] + before[1] + after
     assert len(read) == len(set(read))  # nothing read twice across the change of ranks
 
@@ -306,7 +402,13 @@ def test_inspect_reports_directories_named_like_shards_that_are_not(base, capsys
     (base / "c3").symlink_to(base / "nowhere")
     assert main(["inspect", str(base)]) == 1
     out = capsys.readouterr().out
-    assert "c2 (" in out and "has no index.json" in out and "c3 (" in out and "dangling symlink" in out and "exclude_shards" in out
+    assert (
+        "c2 (" in out
+        and "has no index.json" in out
+        and "c3 (" in out
+        and "dangling symlink" in out
+        and "exclude_shards" in out
+    )
 
 
 def test_an_unreadable_shard_directory_is_named(base, monkeypatch):
@@ -314,7 +416,9 @@ def test_an_unreadable_shard_directory_is_named(base, monkeypatch):
     import sharded_mix.streaming.discovery as discovery
 
     real_access = os.access
-    monkeypatch.setattr(discovery.os, "access", lambda path, mode: not str(path).endswith("/c2") and real_access(path, mode))
+    monkeypatch.setattr(
+        discovery.os, "access", lambda path, mode: not str(path).endswith("/c2") and real_access(path, mode)
+    )
     produced: list = []
     with pytest.raises(ValueError, match=r"(?s)c2 \(.*/c2\): cannot be read \(permission denied\).*exclude_shards"):
         first_batch(produced, base)
@@ -329,10 +433,11 @@ def test_seeds_use_all_64_bits_and_a_version_3_checkpoint_keeps_its_32_bit_order
     def order(seed: int) -> list[int]:
         epoch = epoch_order(chunk_blocks, Ordering(seed, 2), "c1", 0)
         return [epoch.block(position) for position in range(sum(chunk_blocks))]
+
     assert order(42) != order(42 + 2**32) and order(42 + 2**32) != order(42 + 2**33)
 
     low, high = 42, 42 + 2**32
-    reference = block_ids(take(loader_with_seed(base, low), 8))[5 * 4:]  # what version 3 read after batch 5 for `high`
+    reference = block_ids(take(loader_with_seed(base, low), 8))[5 * 4 :]  # what version 3 read after batch 5 for `high`
     state = saved_state(base, seed=low)
     state.update(version=3, seed=high)  # as version 3 wrote it for seed 2**32 + 42
     for entry in state["sources"].values():

@@ -6,8 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-
 from conftest import SOURCE_STRIDE, source_of, write_source, write_token_shard
+
 from sharded_mix import ShardedMixedDataset
 
 
@@ -119,9 +119,13 @@ def test_errors_come_before_any_loader(reference_layout):
         ShardedMixedDataset(data_path="")
     with pytest.raises(ValueError, match="mix_weights_str"):
         ShardedMixedDataset(data_path=reference_layout, mix_weights_str="main=1")
-    data = ShardedMixedDataset(data_path=reference_layout, val_data_path=reference_layout, mix_weights_str="main:1,web:1")
+    data = ShardedMixedDataset(
+        data_path=reference_layout, val_data_path=reference_layout, mix_weights_str="main:1,web:1"
+    )
     data.connect(batch_size=2, max_seq_length=15)
-    with pytest.raises(ValueError, match=r"data_path .*: mix_weights_str: type\(s\) \['web'\] have a weight but no shards"):
+    with pytest.raises(
+        ValueError, match=r"data_path .*: mix_weights_str: type\(s\) \['web'\] have a weight but no shards"
+    ):
         data.setup()
 
 
@@ -150,11 +154,16 @@ def test_workers_give_valid_batches(typed_base, num_workers):
 
 def test_data_paths_expand_environment_variables(reference_layout, monkeypatch):
     monkeypatch.setenv("SHARDED_MIX_TEST_ROOT", str(reference_layout.parent))
-    data = make("$SHARDED_MIX_TEST_ROOT/data", val_data_path="${SHARDED_MIX_TEST_ROOT}/data/1", mix_weights_str="main:1")
+    data = make(
+        "$SHARDED_MIX_TEST_ROOT/data", val_data_path="${SHARDED_MIX_TEST_ROOT}/data/1", mix_weights_str="main:1"
+    )
     assert data.train_mixture.base == str(reference_layout)
     assert data.val_mixture.base == str(reference_layout / "1")
     monkeypatch.delenv("SHARDED_MIX_TEST_ROOT")
-    with pytest.raises(ValueError, match="data_path '\\$SHARDED_MIX_TEST_ROOT/data': environment variable SHARDED_MIX_TEST_ROOT is not set"):
+    with pytest.raises(
+        ValueError,
+        match="data_path '\\$SHARDED_MIX_TEST_ROOT/data': environment variable SHARDED_MIX_TEST_ROOT is not set",
+    ):
         make("$SHARDED_MIX_TEST_ROOT/data", mix_weights_str="main:1")
 
 
@@ -164,8 +173,14 @@ def test_an_unknown_type_in_the_blend_fails_at_construction(tmp_path):
 
 
 def test_reference_only_init_args_are_accepted_with_one_warning(tmp_path, caplog):
-    reference_args = {"val_split_fraction": 0.05, "fast_dev_run": False, "data_split": "train", "dataset_name": "dclm",
-                      "num_samples": 1000, "num_val_samples": 100}
+    reference_args = {
+        "val_split_fraction": 0.05,
+        "fast_dev_run": False,
+        "data_split": "train",
+        "dataset_name": "dclm",
+        "num_samples": 1000,
+        "num_val_samples": 100,
+    }
     with caplog.at_level("WARNING", logger="sharded_mix"):
         data = ShardedMixedDataset(data_path=tmp_path, mix_weights_str="main:1", **reference_args)
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]

@@ -19,7 +19,11 @@ def imports_of(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sharded_mix"):
             found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names if (PACKAGE.parent / node.module.replace(".", "/") / f"{alias.name}.py").exists())
+            found.update(
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if (PACKAGE.parent / node.module.replace(".", "/") / f"{alias.name}.py").exists()
+            )
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("sharded_mix"))
     return found
@@ -30,8 +34,17 @@ MODULES = {module_name(path): imports_of(path) for path in PACKAGE.rglob("*.py")
 
 def test_every_module_has_a_folder_that_says_its_role():
     top = {name for name in MODULES if name.count(".") == 1}
-    assert top == {"sharded_mix.mixing", "sharded_mix.streaming", "sharded_mix.training", "sharded_mix.tools",
-                   "sharded_mix.datamodule", "sharded_mix.sft", "sharded_mix.cli", "sharded_mix.shards", "sharded_mix.config"}
+    assert top == {
+        "sharded_mix.mixing",
+        "sharded_mix.streaming",
+        "sharded_mix.training",
+        "sharded_mix.tools",
+        "sharded_mix.datamodule",
+        "sharded_mix.sft",
+        "sharded_mix.cli",
+        "sharded_mix.shards",
+        "sharded_mix.config",
+    }
 
 
 @pytest.mark.parametrize("module", sorted(name for name in MODULES if name.startswith("sharded_mix.mixing.")))
@@ -45,7 +58,9 @@ def test_training_imports_only_itself(module):
     assert all(target.startswith("sharded_mix.training") for target in MODULES[module]), MODULES[module]
 
 
-@pytest.mark.parametrize("module", ["sharded_mix.training.schedules", "sharded_mix.training.stop", "sharded_mix.training.stage_steps"])
+@pytest.mark.parametrize(
+    "module", ["sharded_mix.training.schedules", "sharded_mix.training.stop", "sharded_mix.training.stage_steps"]
+)
 def test_schedules_and_stops_are_pure(module):
     source = (PACKAGE / "training" / f"{module.rsplit('.', 1)[1]}.py").read_text()
     assert "import torch" not in source and "open(" not in source
@@ -64,5 +79,11 @@ def test_streaming_imports_no_tools_and_no_faces(module):
 
 def test_nothing_imports_cli_and_the_training_path_imports_no_tools():
     assert [name for name, targets in MODULES.items() if "sharded_mix.cli" in targets] == []
-    training_path = [name for name in MODULES if name.startswith(("sharded_mix.mixing", "sharded_mix.streaming", "sharded_mix.datamodule", "sharded_mix.sft"))]
-    assert [name for name in training_path if any(target.startswith("sharded_mix.tools") for target in MODULES[name])] == []
+    training_path = [
+        name
+        for name in MODULES
+        if name.startswith(("sharded_mix.mixing", "sharded_mix.streaming", "sharded_mix.datamodule", "sharded_mix.sft"))
+    ]
+    assert [
+        name for name in training_path if any(target.startswith("sharded_mix.tools") for target in MODULES[name])
+    ] == []

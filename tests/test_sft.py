@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_source
 from litgpt.tokenizer import Tokenizer
 
-from conftest import write_source
 from sharded_mix import SFTMixture
 from sharded_mix.mixing.sft_epochs import SFTEpochs, source_draws
 from sharded_mix.sft import REPLAY_SOURCE, parse_weights
@@ -66,7 +66,9 @@ def test_task_files_json_jsonl_and_templates(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"instruction": "i", "output": "o"}]))
     (tmp_path / "b.jsonl").write_text('{"question": "q1", "answer": "a1"}\n\n{"question": "q2", "answer": "a2"}\n')
     assert read_records(tmp_path / "a.json") == [{"instruction": "i", "output": "o"}]
-    records = apply_template(read_records(tmp_path / "b.jsonl"), {"instruction": "Q: {question}", "output": "{answer}"}, "b")
+    records = apply_template(
+        read_records(tmp_path / "b.jsonl"), {"instruction": "Q: {question}", "output": "{answer}"}, "b"
+    )
     assert [(r["instruction"], r["output"]) for r in records] == [("Q: q1", "a1"), ("Q: q2", "a2")]
     with pytest.raises(ValueError, match="record 0 has no text field 'instruction'.*give a template"):
         apply_template(read_records(tmp_path / "b.jsonl"), None, "b")
@@ -84,21 +86,34 @@ def test_task_files_json_jsonl_and_templates(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Tokenizer:
-    texts = ["Below is an instruction that describes a task. Write a response. ### Instruction: ### Response:",
-             "add two numbers and say the answer is four", "what is the capital of france paris"] * 20
+    texts = [
+        "Below is an instruction that describes a task. Write a response. ### Instruction: ### Response:",
+        "add two numbers and say the answer is four",
+        "what is the capital of france paris",
+    ] * 20
     return Tokenizer(train_tokenizer(texts, 300, tmp_path_factory.mktemp("tok")))
 
 
 def write_task(path: Path, count: int, tag: str, long_every: int = 0) -> Path:
-    records = [{"instruction": f"{tag} question {i}" + (" pad" * 200 if long_every and i % long_every == 0 else ""),
-                "output": f"answer {i}"} for i in range(count)]
+    records = [
+        {
+            "instruction": f"{tag} question {i}" + (" pad" * 200 if long_every and i % long_every == 0 else ""),
+            "output": f"answer {i}",
+        }
+        for i in range(count)
+    ]
     path.write_text(json.dumps(records))
     return path
 
 
 def make(tmp_path, tokenizer, batch_size=4, max_seq_length=128, **fields) -> SFTMixture:
-    fields.setdefault("train_data", {"math": str(write_task(tmp_path / "math.json", 10, "math")),
-                                     "chat": str(write_task(tmp_path / "chat.json", 30, "chat"))})
+    fields.setdefault(
+        "train_data",
+        {
+            "math": str(write_task(tmp_path / "math.json", 10, "math")),
+            "chat": str(write_task(tmp_path / "chat.json", 30, "chat")),
+        },
+    )
     fields.setdefault("val_data", str(write_task(tmp_path / "val.json", 5, "val")))
     data = SFTMixture(num_workers=0, **fields)
     data.connect(tokenizer, batch_size=batch_size, max_seq_length=max_seq_length)
@@ -152,7 +167,9 @@ def test_replay_blocks_take_their_share_of_every_epoch(tmp_path, tokenizer):
     data = make(tmp_path, tokenizer, replay_data_path=str(tmp_path / "pre"), replay_share=0.2, max_seq_length=16)
     assert len(data.train_dataset) == 50 and data.epochs.per_epoch[REPLAY_SOURCE] == 10
     replayed = [data.train_dataset[k] for k in range(50) if data.epochs.example(k)[0] == REPLAY_SOURCE]
-    assert len(replayed) == 10 and all(len(item["input_ids"]) == 16 and torch.equal(item["input_ids"], item["labels"]) for item in replayed)
+    assert len(replayed) == 10 and all(
+        len(item["input_ids"]) == 16 and torch.equal(item["input_ids"], item["labels"]) for item in replayed
+    )
     assert all(int(item["input_ids"][0]) // 10**7 == 1 for item in replayed)
     assert len({tuple(item["input_ids"].tolist()) for item in replayed}) == 10
 
@@ -185,4 +202,7 @@ def test_the_first_epochs_examples_bound_every_epochs_lengths(tmp_path, tokenize
     data = make(tmp_path, tokenizer, weights={"math": 0.9, "chat": 0.1}, epoch_size=12)
     first = max(len(data.train_dataset[k]["input_ids"]) for k in range(12))
     assert max(len(data.train_dataset[k]["input_ids"]) for k in range(12, 60)) <= first
-    assert np.all(np.diff([data.epochs.state(12 * e)["sources"]["math"]["taken"] for e in range(4)]) == data.epochs.per_epoch["math"])
+    assert np.all(
+        np.diff([data.epochs.state(12 * e)["sources"]["math"]["taken"] for e in range(4)])
+        == data.epochs.per_epoch["math"]
+    )

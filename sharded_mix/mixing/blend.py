@@ -29,7 +29,9 @@ class Blender:
         self.taken = [int(taken.get(source, 0)) for source in self.ids]
         self.position = int(position)
         if sum(self.taken) != self.position:
-            raise ValueError(f"blend state is inconsistent: position {self.position} but {sum(self.taken)} samples taken.")
+            raise ValueError(
+                f"blend state is inconsistent: position {self.position} but {sum(self.taken)} samples taken."
+            )
         self._slack = 1.0 - 1.0 / (2 * len(self.weights) - 2) if len(self.weights) > 1 else 0.0
         self._inverse = [1.0 / weight for weight in self.weights]
 

@@ -48,9 +48,19 @@ class Cursor:
         self.world_size = world_size
         self.samples = 0
         first = self.stages[0]
-        self._enter(0, {source: SourcePosition(0, first.blocks[source], block_size=first.block_size) for source in first.weights}, {})
+        self._enter(
+            0,
+            {source: SourcePosition(0, first.blocks[source], block_size=first.block_size) for source in first.weights},
+            {},
+        )
 
-    def _enter(self, index: int, positions: Mapping[str, SourcePosition], dropped: Mapping[str, SourcePosition], taken: Mapping[str, int] | None = None) -> None:
+    def _enter(
+        self,
+        index: int,
+        positions: Mapping[str, SourcePosition],
+        dropped: Mapping[str, SourcePosition],
+        taken: Mapping[str, int] | None = None,
+    ) -> None:
         self.index = index
         stage = self.stages[index]
         self.ids = sorted(stage.weights)
@@ -99,11 +109,17 @@ class Cursor:
         return old, self._carry_to_latest(self.positions(), self.dropped, old.weights, old.ordering)
 
     def _carry_to_latest(
-        self, positions: Mapping[str, SourcePosition], dropped: Mapping[str, SourcePosition], weights: Mapping[str, float], ordering: Ordering
+        self,
+        positions: Mapping[str, SourcePosition],
+        dropped: Mapping[str, SourcePosition],
+        weights: Mapping[str, float],
+        ordering: Ordering,
     ) -> list[TransitionRow]:
         target = max(i for i, stage in enumerate(self.stages) if stage.start <= self.samples)
         new = self.stages[target]
-        carried, set_aside, rows = carry_over(positions, dropped, weights, ordering, new.weights, new.blocks, new.ordering, new.block_size)
+        carried, set_aside, rows = carry_over(
+            positions, dropped, weights, ordering, new.weights, new.blocks, new.ordering, new.block_size
+        )
         self._enter(target, carried, set_aside)
         return rows
 
@@ -130,10 +146,17 @@ class Cursor:
         shuffle window changed (or the checkpoint predates windows): that needs no transition."""
         self.samples = state["samples"]
         saved = saved_ordering(state)
-        active = {source: entry_position(entry, state["block_size"]).pinned(saved) for source, entry in state["sources"].items()}
+        active = {
+            source: entry_position(entry, state["block_size"]).pinned(saved)
+            for source, entry in state["sources"].items()
+        }
         dropped = {source: entry_position(entry, 0) for source, entry in state.get("dropped", {}).items()}
         for index, stage in enumerate(self.stages):
-            if stage.name == state.get("stage", stage.name) and stage.start <= self.samples and _same_stage(stage, state, active):
+            if (
+                stage.name == state.get("stage", stage.name)
+                and stage.start <= self.samples
+                and _same_stage(stage, state, active)
+            ):
                 self._enter(index, active, dropped, state["taken"])
                 return None
         return self._carry_to_latest(active, dropped, state["weights"], saved)
@@ -179,7 +202,12 @@ def split_entry(split: Split) -> dict:
 
 
 def entry_split(entry: Mapping) -> Split:
-    return Split(entry["epoch"], Topology(entry["world_size"], entry["nodes"]), entry["start"], tuple((lo, hi) for lo, hi in entry["intervals"]))
+    return Split(
+        entry["epoch"],
+        Topology(entry["world_size"], entry["nodes"]),
+        entry["start"],
+        tuple((lo, hi) for lo, hi in entry["intervals"]),
+    )
 
 
 def saved_ordering(state: Mapping) -> Ordering:

@@ -70,7 +70,13 @@ class WindowedOrder:
     into another node's slice. The whole epoch (``lo=0, hi=None``) is the order described above."""
 
     def __init__(
-        self, chunk_blocks: Sequence[int], ordering: Ordering, shard_id: str, epoch: int, lo: int = 0, hi: int | None = None
+        self,
+        chunk_blocks: Sequence[int],
+        ordering: Ordering,
+        shard_id: str,
+        epoch: int,
+        lo: int = 0,
+        hi: int | None = None,
     ) -> None:
         if ordering.window < 1:
             raise ValueError(f"shuffle window {ordering.window}: use 1 or more chunks")
@@ -84,8 +90,14 @@ class WindowedOrder:
         self.lo, self.hi = lo, total if hi is None else hi
         # the chunks along the order that the slice touches: [first, stop)
         self.first = int(np.searchsorted(self.order_starts, lo, side="right")) - 1 if lo else 0
-        self.stop = len(self.chunks) if self.hi == total else int(np.searchsorted(self.order_starts, self.hi, side="left"))
-        edges = np.minimum(np.r_[self.first + self.window : self.stop : self.window, self.stop], self.stop) if self.stop > self.first else []
+        self.stop = (
+            len(self.chunks) if self.hi == total else int(np.searchsorted(self.order_starts, self.hi, side="left"))
+        )
+        edges = (
+            np.minimum(np.r_[self.first + self.window : self.stop : self.window, self.stop], self.stop)
+            if self.stop > self.first
+            else []
+        )
         self.window_ends = (np.minimum(self.order_starts[edges], self.hi) - lo).tolist() if len(edges) else []
         self._lo = self._hi = 0
         self._blocks = array("q")
@@ -144,7 +156,9 @@ class LegacyOrder:
     def __init__(self, chunk_blocks: Sequence[int], seed: int, shard_id: str, epoch: int) -> None:
         starts = chunk_block_starts(chunk_blocks)[:-1]
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, stable_id(shard_id), int(epoch)])
-        parts = [starts[chunk] + rng.permutation(int(chunk_blocks[chunk])) for chunk in rng.permutation(len(chunk_blocks))]
+        parts = [
+            starts[chunk] + rng.permutation(int(chunk_blocks[chunk])) for chunk in rng.permutation(len(chunk_blocks))
+        ]
         self._blocks = array("q", (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)).tobytes())
 
     def block(self, position: int) -> int:
@@ -155,7 +169,9 @@ class SlicedOrder:
     """One epoch cut into node slices along its chunk order (``slices.py``), each shuffled in windows of its own;
     only the slices a process reads are built."""
 
-    def __init__(self, chunk_blocks: Sequence[int], ordering: Ordering, shard_id: str, epoch: int, bounds: Sequence[int]) -> None:
+    def __init__(
+        self, chunk_blocks: Sequence[int], ordering: Ordering, shard_id: str, epoch: int, bounds: Sequence[int]
+    ) -> None:
         self._make = lambda lo, hi: WindowedOrder(chunk_blocks, ordering, shard_id, epoch, lo, hi)
         self.bounds = list(bounds)
         self._slices: dict[int, WindowedOrder] = {}
@@ -176,7 +192,11 @@ EpochOrder = SequentialOrder | WindowedOrder | SlicedOrder | LegacyOrder
 
 
 def epoch_order(
-    chunk_blocks: Sequence[int], ordering: Ordering | None, shard_id: str, epoch: int, bounds: Sequence[int] | None = None
+    chunk_blocks: Sequence[int],
+    ordering: Ordering | None,
+    shard_id: str,
+    epoch: int,
+    bounds: Sequence[int] | None = None,
 ) -> EpochOrder:
     """Epoch ``epoch`` of a source whose chunks hold ``chunk_blocks`` blocks; ``ordering`` None: unshuffled.
     ``bounds``: the node slices of the epoch (``slices.slice_bounds``), for a run on several nodes. Unshuffled and

@@ -55,10 +55,16 @@ def format_stage_plan(rows: Sequence[StagePlanRow], title: str) -> str:
         stages.setdefault(row.stage, []).append(row)
     for name, stage_rows in stages.items():
         first = stage_rows[0]
-        steps = "steps ? (no global_batch_size)" if first.start_step is None else (
-            f"steps {first.start_step:,.0f} -> {'end' if first.end_step is None else format(first.end_step, ',.0f')}"
+        steps = (
+            "steps ? (no global_batch_size)"
+            if first.start_step is None
+            else (
+                f"steps {first.start_step:,.0f} -> {'end' if first.end_step is None else format(first.end_step, ',.0f')}"
+            )
         )
-        tokens = f"tokens {first.start_tokens:,} -> {'end' if first.end_tokens is None else format(first.end_tokens, ',')}"
+        tokens = (
+            f"tokens {first.start_tokens:,} -> {'end' if first.end_tokens is None else format(first.end_tokens, ',')}"
+        )
         lines.append(
             f"stage {name}{' (added automatically: the first stage starts later)' if first.automatic else ''}: {steps}, {tokens}, "
             f"seq_len {first.seq_len}, seed {first.seed}"
@@ -77,7 +83,9 @@ def format_stage_plan(rows: Sequence[StagePlanRow], title: str) -> str:
     summary = ", ".join(f"{source} {epochs:.3f}" for source, epochs in sorted(totals.items()))
     lines.append(f"expected epochs per source over the run: {summary or '-'}")
     if open_ended:
-        lines.append("(the last stage has no end: set its end_step, or run `sharded-mix plan` on the LitGPT config to use train.max_tokens)")
+        lines.append(
+            "(the last stage has no end: set its end_step, or run `sharded-mix plan` on the LitGPT config to use train.max_tokens)"
+        )
     return "\n".join(lines)
 
 

@@ -53,11 +53,15 @@ class SFTEpochs:
             if not weight >= 0:
                 raise ValueError(f"weight of {source!r} is {weight!r}; use a number >= 0.")
             if weight > 0 and pools.get(source, 0) < 1:
-                raise ValueError(f"source {source!r} has weight {weight:g} but no examples; give it examples or weight 0.")
+                raise ValueError(
+                    f"source {source!r} has weight {weight:g} but no examples; give it examples or weight 0."
+                )
         blender = Blender({source: weight for source, weight in weights.items() if weight > 0})
         self.sources = list(blender.ids)
         self.epoch_size, self.seed, self.shuffle = epoch_size, int(seed), shuffle
-        self.source_index = np.fromiter((blender.next_index() for _ in range(epoch_size)), dtype=np.int32, count=epoch_size)
+        self.source_index = np.fromiter(
+            (blender.next_index() for _ in range(epoch_size)), dtype=np.int32, count=epoch_size
+        )
         self.slot = np.zeros(epoch_size, dtype=np.int64)  # rank of each position among its source's positions
         self.per_epoch: dict[str, int] = {}
         self.draws: dict[str, np.ndarray] = {}
@@ -93,10 +97,17 @@ class SFTEpochs:
         epoch, position = divmod(int(samples), self.epoch_size)
         taken = np.bincount(self.source_index[:position], minlength=len(self.sources))
         return {
-            "samples": int(samples), "epoch": epoch, "position": position, "epoch_size": self.epoch_size, "seed": self.seed,
+            "samples": int(samples),
+            "epoch": epoch,
+            "position": position,
+            "epoch_size": self.epoch_size,
+            "seed": self.seed,
             "sources": {
-                source: {"pool": self.pools[source], "per_epoch": self.per_epoch[source],
-                         "taken": epoch * self.per_epoch[source] + int(taken[index])}
+                source: {
+                    "pool": self.pools[source],
+                    "per_epoch": self.per_epoch[source],
+                    "taken": epoch * self.per_epoch[source] + int(taken[index]),
+                }
                 for index, source in enumerate(self.sources)
             },
         }

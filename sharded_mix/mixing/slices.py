@@ -93,7 +93,9 @@ def reslice(split: Split, old: Topology, draws: int, new: Topology, blocks: int)
     """The rest of ``split``'s epoch after ``draws`` draws of it were taken on ``old``, shared out on ``new``."""
     end = (split.epoch + 1) * blocks
     if not split.start <= draws <= end:
-        raise ValueError(f"draw {draws} is outside epoch {split.epoch} from draw {split.start} (epochs of {blocks} blocks)")
+        raise ValueError(
+            f"draw {draws} is outside epoch {split.epoch} from draw {split.start} (epochs of {blocks} blocks)"
+        )
     reading = NodeShares(split, old, blocks)
     unread: list[tuple[int, int]] = []
     for node in range(old.nodes):

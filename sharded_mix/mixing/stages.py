@@ -115,7 +115,12 @@ def _stage_spec(stage: DataStage, top: TopLevel, read_mix_file, where: str) -> t
     own_blend = any(getattr(stage, name) not in (None, False) for name in BLEND_FIELDS)
     source = stage if own_blend else top
     temperature = stage.mix_temperature if stage.mix_temperature is not None else top.mix_temperature
-    given = {"blend": own_blend, "mix_temperature": stage.mix_temperature is not None, "seed": stage.seed is not None, "seq_len": stage.seq_len is not None}
+    given = {
+        "blend": own_blend,
+        "mix_temperature": stage.mix_temperature is not None,
+        "seed": stage.seed is not None,
+        "seq_len": stage.seq_len is not None,
+    }
     inherited = tuple(name for name, is_given in given.items() if not is_given)
     if source.mix_config_path is not None and read_mix_file is None:
         raise TypeError(f"{where}: mix_config_path is set but build_stages was given no read_mix_file")
@@ -156,9 +161,16 @@ def build_stages(
         weights_field = "literal_weights_str" if top.literal_weights_str is not None else "mix_weights_str"
         stages = [
             DataStage(name=DEFAULT_STAGE, start_step=0),
-            DataStage(name="anneal", start_step=anneal_start_step, start_tokens=anneal_start_tokens, **{weights_field: anneal_weights}),
+            DataStage(
+                name="anneal",
+                start_step=anneal_start_step,
+                start_tokens=anneal_start_tokens,
+                **{weights_field: anneal_weights},
+            ),
         ]
-    specs = [stage if isinstance(stage, DataStage) else _data_stage(stage, index) for index, stage in enumerate(stages or [])]
+    specs = [
+        stage if isinstance(stage, DataStage) else _data_stage(stage, index) for index, stage in enumerate(stages or [])
+    ]
     if not specs:
         specs = [DataStage(name=DEFAULT_STAGE, start_step=0)]
 
@@ -171,14 +183,26 @@ def build_stages(
         where = f"stages[{index}] {stage.name!r}"
         start = _boundary(stage, where, "start")
         if start is None:
-            raise ValueError(f"{where}: no start; give start_step or start_tokens (the first stage usually starts at step 0).")
-        if stage.seq_len is not None and (isinstance(stage.seq_len, bool) or not isinstance(stage.seq_len, int) or stage.seq_len < 1):
+            raise ValueError(
+                f"{where}: no start; give start_step or start_tokens (the first stage usually starts at step 0)."
+            )
+        if stage.seq_len is not None and (
+            isinstance(stage.seq_len, bool) or not isinstance(stage.seq_len, int) or stage.seq_len < 1
+        ):
             raise ValueError(f"{where}: seq_len is {stage.seq_len!r}; use a whole number >= 1 (tokens per sample).")
         if stage.seed is not None:
             check_seed(stage.seed, f"{where}: seed")
         spec, inherited = _stage_spec(stage, top, read_mix_file, where)
         resolved.append(
-            Stage(stage.name, start, _boundary(stage, where, "end"), spec, top.seed if stage.seed is None else stage.seed, stage.seq_len, inherited)
+            Stage(
+                stage.name,
+                start,
+                _boundary(stage, where, "end"),
+                spec,
+                top.seed if stage.seed is None else stage.seed,
+                stage.seq_len,
+                inherited,
+            )
         )
 
     names = [stage.name for stage in resolved]
@@ -192,8 +216,19 @@ def build_stages(
                 f"automatic {DEFAULT_STAGE!r} stage, but a stage is already called {DEFAULT_STAGE!r}; rename it."
             )
         default_spec, _ = _stage_spec(DataStage(name=DEFAULT_STAGE), top, read_mix_file, "top level")
-        resolved.insert(0, Stage(DEFAULT_STAGE, Boundary(resolved[0].start.unit, 0), resolved[0].start, default_spec, top.seed, None,
-                                 ("blend", "mix_temperature", "seed", "seq_len"), automatic=True))
+        resolved.insert(
+            0,
+            Stage(
+                DEFAULT_STAGE,
+                Boundary(resolved[0].start.unit, 0),
+                resolved[0].start,
+                default_spec,
+                top.seed,
+                None,
+                ("blend", "mix_temperature", "seed", "seq_len"),
+                automatic=True,
+            ),
+        )
     return resolved
 
 
@@ -206,7 +241,12 @@ def _data_stage(mapping: Mapping, index: int) -> DataStage:
 
 
 def boundary_samples(
-    boundary: Boundary, where: str, global_batch_size: int | None, max_seq_length: int, micro_batch_size: int = 1, world_size: int = 1
+    boundary: Boundary,
+    where: str,
+    global_batch_size: int | None,
+    max_seq_length: int,
+    micro_batch_size: int = 1,
+    world_size: int = 1,
 ) -> int:
     """A boundary in samples per rank (with the defaults: over all ranks)."""
     if boundary.value == 0:
@@ -223,7 +263,11 @@ def boundary_samples(
 
 
 def stage_starts(
-    stages: Sequence[Stage], global_batch_size: int | None, max_seq_length: int, micro_batch_size: int = 1, world_size: int = 1
+    stages: Sequence[Stage],
+    global_batch_size: int | None,
+    max_seq_length: int,
+    micro_batch_size: int = 1,
+    world_size: int = 1,
 ) -> list[int]:
     """Where each stage starts, in samples per rank; checks that the stages are sorted with no gaps or overlaps."""
     if global_batch_size is not None and global_batch_size % (micro_batch_size * world_size):
@@ -324,19 +368,21 @@ def stage_plan_rows(
         for source, weight in sorted(weights.items()):
             draws = None if samples is None else weight * samples
             blocks = (source_blocks or {}).get(source, {}).get(block_size)
-            rows.append(StagePlanRow(
-                stage=stage.name,
-                start_step=None if global_batch_size is None else start / global_batch_size,
-                end_step=None if global_batch_size is None or end is None else end / global_batch_size,
-                start_tokens=start * max_seq_length,
-                end_tokens=None if end is None else end * max_seq_length,
-                seq_len=block_size - 1,
-                seed=stage.seed,
-                source=source,
-                weight=weight,
-                tokens=None if draws is None else round(draws * max_seq_length),
-                epochs=None if draws is None or not blocks else draws / blocks,
-                inherited=stage.inherited,
-                automatic=stage.automatic,
-            ))
+            rows.append(
+                StagePlanRow(
+                    stage=stage.name,
+                    start_step=None if global_batch_size is None else start / global_batch_size,
+                    end_step=None if global_batch_size is None or end is None else end / global_batch_size,
+                    start_tokens=start * max_seq_length,
+                    end_tokens=None if end is None else end * max_seq_length,
+                    seq_len=block_size - 1,
+                    seed=stage.seed,
+                    source=source,
+                    weight=weight,
+                    tokens=None if draws is None else round(draws * max_seq_length),
+                    epochs=None if draws is None or not blocks else draws / blocks,
+                    inherited=stage.inherited,
+                    automatic=stage.automatic,
+                )
+            )
     return rows

@@ -86,11 +86,18 @@ def _check_split(split: object, blocks: int, where: str) -> None:
         raise _fault(f"{where}.nodes", split["nodes"], f"a divisor of its world_size {split['world_size']}")
     intervals = split.get("intervals")
     ordered = isinstance(intervals, list) and all(
-        isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in pair) and 0 <= pair[0] < pair[1] <= blocks
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in pair)
+        and 0 <= pair[0] < pair[1] <= blocks
         for pair in intervals
     )
     if not ordered or sum(hi - lo for lo, hi in intervals) != (split["epoch"] + 1) * blocks - split["start"]:
-        raise _fault(f"{where}.intervals", intervals, f"[lo, hi] pairs inside the epoch's {blocks} blocks covering the draws left in it")
+        raise _fault(
+            f"{where}.intervals",
+            intervals,
+            f"[lo, hi] pairs inside the epoch's {blocks} blocks covering the draws left in it",
+        )
 
 
 def validate_state(state: object) -> None:
@@ -123,14 +130,20 @@ def validate_state(state: object) -> None:
     for source, entry in _mapping(state, "dropped", required=False).items():
         _check_entry(entry, f"dropped[{source!r}]")
     if set(taken) != set(sources) or set(weights) != set(sources):
-        raise _fault("taken / weights", f"{sorted(taken)} / {sorted(weights)}", f"the ids of sources, {sorted(sources)}")
+        raise _fault(
+            "taken / weights", f"{sorted(taken)} / {sorted(weights)}", f"the ids of sources, {sorted(sources)}"
+        )
     for source in sources:
         _whole(taken, source, "taken.")
         weight = weights[source]
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
             raise _fault(f"weights[{source!r}]", weight, "a finite number > 0")
     if sum(taken.values()) > state["samples"] * state["world_size"]:
-        raise _fault("taken", dict(taken), f"counts summing to at most samples × world_size ({state['samples'] * state['world_size']})")
+        raise _fault(
+            "taken",
+            dict(taken),
+            f"counts summing to at most samples × world_size ({state['samples'] * state['world_size']})",
+        )
     if "stage" in state and not isinstance(state["stage"], str):
         raise _fault("stage", state["stage"], "a stage name")
     stop = state.get("stop")
@@ -186,22 +199,41 @@ def data_changes(state: Mapping, shards: Mapping[str, Shard]) -> list[DataChange
             if saved["hash"] == now["hash"]:
                 continue
             described = [
-                f"{key} {saved.get(key, '?'):,} -> {now[key]:,}" if isinstance(saved.get(key), int) else f"{key} ? -> {now[key]:,}"
+                f"{key} {saved.get(key, '?'):,} -> {now[key]:,}"
+                if isinstance(saved.get(key), int)
+                else f"{key} ? -> {now[key]:,}"
                 for key in ("chunks", "tokens")
                 if saved.get(key) != now[key]
             ]
-            changes.append(DataChange(
-                source, shard.path, f"content {saved['hash']}", f"content {now['hash']}" + (f" ({', '.join(described)})" if described else ""),
-                entry["draws"], entry["blocks"],
-            ))
+            changes.append(
+                DataChange(
+                    source,
+                    shard.path,
+                    f"content {saved['hash']}",
+                    f"content {now['hash']}" + (f" ({', '.join(described)})" if described else ""),
+                    entry["draws"],
+                    entry["blocks"],
+                )
+            )
             continue
         blocks_now = shard.blocks(entry.get("block_size") or state["block_size"])
         if blocks_now != entry["blocks"]:
-            changes.append(DataChange(source, shard.path, f"{entry['blocks']:,} blocks", f"{blocks_now:,} blocks", entry["draws"], entry["blocks"]))
+            changes.append(
+                DataChange(
+                    source,
+                    shard.path,
+                    f"{entry['blocks']:,} blocks",
+                    f"{blocks_now:,} blocks",
+                    entry["draws"],
+                    entry["blocks"],
+                )
+            )
     return changes
 
 
-def apply_data_change(state: Mapping, changes: list[DataChange], shards: Mapping[str, Shard], policy: str) -> tuple[dict, str]:
+def apply_data_change(
+    state: Mapping, changes: list[DataChange], shards: Mapping[str, Shard], policy: str
+) -> tuple[dict, str]:
     """The state to resume from under ``on_data_change`` = ``policy``, and the WARNING that says what it costs.
 
     ``error`` raises; ``restart`` starts each changed source at its first block (blocks it gave may come
@@ -210,7 +242,8 @@ def apply_data_change(state: Mapping, changes: list[DataChange], shards: Mapping
     """
     listing = "\n  ".join(
         f"{change.source} ({change.path}): {change.saved} in the checkpoint, {change.now} now; the checkpoint had drawn "
-        f"{change.draws:,} blocks of it" for change in changes
+        f"{change.draws:,} blocks of it"
+        for change in changes
     )
     if policy == "error":
         raise ValueError(
@@ -234,7 +267,10 @@ def apply_data_change(state: Mapping, changes: list[DataChange], shards: Mapping
         cost = "each starts over from its first block; the blocks it had given may be trained on again"
     else:
         cost = "each keeps its draw count over the new content; its epoch in progress may skip or repeat blocks"
-    return resumed, f"on_data_change={policy}: {len(changes)} source(s) changed since the checkpoint:\n  {listing}\n{cost}."
+    return (
+        resumed,
+        f"on_data_change={policy}: {len(changes)} source(s) changed since the checkpoint:\n  {listing}\n{cost}.",
+    )
 
 
 def _start_over(entry: dict) -> None:
@@ -261,8 +297,14 @@ def with_full_seeds(state: Mapping) -> Mapping:
     upgraded = dict(state, seed=state["seed"] & SEED_BITS_BEFORE_V4)
     for group in ("sources", "dropped"):
         upgraded[group] = {
-            source: {key: (dict(value, seed=value["seed"] & SEED_BITS_BEFORE_V4) if key in ("pinned_order", "pinned_seed") else value)
-                     for key, value in entry.items()}
+            source: {
+                key: (
+                    dict(value, seed=value["seed"] & SEED_BITS_BEFORE_V4)
+                    if key in ("pinned_order", "pinned_seed")
+                    else value
+                )
+                for key, value in entry.items()
+            }
             for source, entry in state.get(group, {}).items()
         }
     return upgraded

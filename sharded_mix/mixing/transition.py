@@ -101,7 +101,10 @@ def carry_over(
             position, status = SourcePosition(0, new_blocks[source], block_size=new_block_size), "new"
         elif previous.block_size and new_block_size and previous.block_size != new_block_size:
             next_epoch = previous.epoch + (1 if previous.offset else 0)
-            position, status = SourcePosition(next_epoch * new_blocks[source], new_blocks[source], block_size=new_block_size), "resized"
+            position, status = (
+                SourcePosition(next_epoch * new_blocks[source], new_blocks[source], block_size=new_block_size),
+                "resized",
+            )
         elif previous.blocks != new_blocks[source]:
             position, status = SourcePosition(0, new_blocks[source], block_size=new_block_size), "restarted"
         else:
@@ -136,7 +139,9 @@ def format_transition(
     if old.window != new.window:
         changes.append(f"shuffle window {window_name(old.window)} -> {window_name(new.window)}")
     if changes:
-        lines.append(f"{', '.join(changes)}: a source in mid-epoch finishes it in the old order; the new one orders its next epochs")
+        lines.append(
+            f"{', '.join(changes)}: a source in mid-epoch finishes it in the old order; the new one orders its next epochs"
+        )
     lines += [header, "-" * len(header)]
     for row in rows:
         old = f"{row.old_weight:.4f}" if row.old_weight is not None else "-"
@@ -147,7 +152,9 @@ def format_transition(
             note = "; ".join(filter(None, [note, pin_note(row.position.pin)]))
         if row.position.split is not None:
             note = "; ".join(filter(None, [note, row.position.split.describe()]))
-        lines.append(f"{row.id:<14} {old:>11} {new:>11}  {row.status:<10} {row.position.epoch:>6} {where:>20}  {note}".rstrip())
+        lines.append(
+            f"{row.id:<14} {old:>11} {new:>11}  {row.status:<10} {row.position.epoch:>6} {where:>20}  {note}".rstrip()
+        )
     return "\n".join(lines)
 
 

@@ -56,7 +56,9 @@ def parse_weight_string(text: str, field_name: str) -> dict[str, float]:
         try:
             number = float(value)
         except ValueError:
-            raise ValueError(f"{field_name} {text!r}: weight {value!r} of {name!r} is not a number; use e.g. {name}:0.2.") from None
+            raise ValueError(
+                f"{field_name} {text!r}: weight {value!r} of {name!r} is not a number; use e.g. {name}:0.2."
+            ) from None
         if name in weights:
             raise ValueError(f"{field_name} {text!r}: {name!r} is given twice; give each name once.")
         weights[name] = number
@@ -71,20 +73,33 @@ def check_weight_values(weights: Mapping[str, float], field_name: str) -> None:
         if math.isnan(value) or math.isinf(value):
             raise ValueError(f"{field_name}: weight of {name!r} is {value}; weights must be finite numbers >= 0.")
         if value < 0:
-            raise ValueError(f"{field_name}: weight of {name!r} is {value}; weights must be >= 0 (0 excludes a source).")
+            raise ValueError(
+                f"{field_name}: weight of {name!r} is {value}; weights must be >= 0 (0 excludes a source)."
+            )
     if weights and not any(value > 0 for value in weights.values()):
-        raise ValueError(f"{field_name}: all weights are zero ({dict(weights)}); give at least one source a positive weight.")
+        raise ValueError(
+            f"{field_name}: all weights are zero ({dict(weights)}); give at least one source a positive weight."
+        )
 
 
 def check_temperature(temperature: float, field_name: str = "mix_temperature") -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
         raise ValueError(f"{field_name} is {temperature!r}; use a finite number > 0 (1 keeps the weights as given).")
 
 
-def mix_spec_from_mapping(data: Mapping, origin: str, proportional_sampling: bool = False, temperature: float = 1.0) -> MixSpec:
+def mix_spec_from_mapping(
+    data: Mapping, origin: str, proportional_sampling: bool = False, temperature: float = 1.0
+) -> MixSpec:
     """Build a ``MixSpec`` from a mix file's content (the reference's JSON format, or YAML)."""
     if not isinstance(data, Mapping):
-        raise ValueError(f"{origin}: expected a mapping like {{'weights': {{'main': 0.9, 'math': 0.1}}}}, got {type(data).__name__}.")
+        raise ValueError(
+            f"{origin}: expected a mapping like {{'weights': {{'main': 0.9, 'math': 0.1}}}}, got {type(data).__name__}."
+        )
     unknown = set(data) - _FILE_KEYS
     if unknown:
         raise ValueError(f"{origin}: unknown keys {sorted(unknown)}; allowed keys are {sorted(_FILE_KEYS)}.")
@@ -113,7 +128,12 @@ def make_mix_spec(mode: MixMode, weights: Mapping[str, float], temperature: floa
     weights = {str(name): value for name, value in weights.items()}
     check_weight_values(weights, origin)
     check_temperature(temperature)
-    return MixSpec(mode=mode, weights={name: float(value) for name, value in weights.items()}, temperature=float(temperature), origin=origin)
+    return MixSpec(
+        mode=mode,
+        weights={name: float(value) for name, value in weights.items()},
+        temperature=float(temperature),
+        origin=origin,
+    )
 
 
 def mix_spec_from_fields(
@@ -149,7 +169,9 @@ def mix_spec_from_fields(
         return make_mix_spec("literal", weights, mix_temperature, "literal_weights_str")
     if mix_weights_str is not None:
         weights = parse_weight_string(mix_weights_str, "mix_weights_str")
-        return make_mix_spec("proportional" if proportional_sampling else "weighted", weights, mix_temperature, "mix_weights_str")
+        return make_mix_spec(
+            "proportional" if proportional_sampling else "weighted", weights, mix_temperature, "mix_weights_str"
+        )
     if mix_config is not None:
         return mix_spec_from_mapping(mix_config, mix_config_origin, proportional_sampling, mix_temperature)
     if proportional_sampling:
@@ -166,7 +188,9 @@ def _apply_temperature(weights: Mapping[str, float], temperature: float) -> dict
 def _normalise(weights: Mapping[str, float], origin: str) -> dict[str, float]:
     total = sum(weights.values())
     if total <= 0:
-        raise ValueError(f"{origin}: every source ends up with weight 0; give at least one existing source a positive weight.")
+        raise ValueError(
+            f"{origin}: every source ends up with weight 0; give at least one existing source a positive weight."
+        )
     return {name: value / total for name, value in weights.items() if value > 0}
 
 

@@ -58,7 +58,9 @@ def _size_or_none(path: Path) -> int | None:
 class ChunkCache:
     """Whole chunk files of remote shards, downloaded once per node into a local directory."""
 
-    def __init__(self, cache_dir: str | Path, storage_options: Mapping[str, object] | None = None, max_bytes: int | None = None) -> None:
+    def __init__(
+        self, cache_dir: str | Path, storage_options: Mapping[str, object] | None = None, max_bytes: int | None = None
+    ) -> None:
         self.cache_dir = Path(cache_dir)
         self.storage_options = dict(storage_options or {})
         self.max_bytes = max_bytes
@@ -76,7 +78,11 @@ class ChunkCache:
         return f"ChunkCache({str(self.cache_dir)!r})"
 
     def __getstate__(self) -> dict:
-        return {key: value for key, value in self.__dict__.items() if key not in ("_dirs", "_pool", "_asked", "_counting", "_wanted")}
+        return {
+            key: value
+            for key, value in self.__dict__.items()
+            if key not in ("_dirs", "_pool", "_asked", "_counting", "_wanted")
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _dirs={}, _pool=None, _asked={}, _counting=threading.Lock(), _wanted={})

@@ -82,7 +82,9 @@ def listed_chunk_problems(shard: Shard, sizes: Mapping[str, int]) -> list[str]:
     for chunk, name in enumerate(shard.chunk_files):
         url = join_url(shard.path, name)
         if name not in sizes:
-            problems.append(f"chunk object {url!r} is missing; upload it again, or re-run `sharded-mix prepare` for this shard")
+            problems.append(
+                f"chunk object {url!r} is missing; upload it again, or re-run `sharded-mix prepare` for this shard"
+            )
             continue
         expected = shard.chunk_bytes(chunk)
         if expected is not None and sizes[name] != expected:

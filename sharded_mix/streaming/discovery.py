@@ -20,10 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sharded_mix.shards import INDEX_FILE, MAIN_TYPE, Shard, classify_shard_name, describe_layout, resolve_shard_types, shard_from_index
+from sharded_mix.shards import (
+    INDEX_FILE,
+    MAIN_TYPE,
+    Shard,
+    classify_shard_name,
+    describe_layout,
+    resolve_shard_types,
+    shard_from_index,
+)
 from sharded_mix.streaming.chunk_checks import capped, listed_chunk_problems
 from sharded_mix.streaming.storage import RemoteDir, is_url, join_url
-
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +66,9 @@ def _load_index(path: str | Path) -> tuple[dict, bytes]:
     try:
         content = (Path(path) / INDEX_FILE).read_bytes()
     except OSError as err:
-        raise ValueError(f"shard {str(path)!r}: cannot read {INDEX_FILE} ({err.strerror}); re-run `sharded-mix prepare`.") from err
+        raise ValueError(
+            f"shard {str(path)!r}: cannot read {INDEX_FILE} ({err.strerror}); re-run `sharded-mix prepare`."
+        ) from err
     return parse_index(content, str(path)), content
 
 
@@ -69,7 +78,11 @@ def parse_index(content: bytes, path: str) -> dict:
         index = json.loads(content)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"shard {path!r}: cannot read {INDEX_FILE} ({err}); re-run `sharded-mix prepare`.") from err
-    if not isinstance(index, dict) or not isinstance(index.get("chunks"), list) or not isinstance(index.get("config"), dict):
+    if (
+        not isinstance(index, dict)
+        or not isinstance(index.get("chunks"), list)
+        or not isinstance(index.get("config"), dict)
+    ):
         raise ValueError(
             f"shard {path!r}: its {INDEX_FILE} is not a litdata index (a JSON object with 'chunks' and 'config'); "
             "re-run `sharded-mix prepare`."
@@ -182,7 +195,9 @@ def _entries(path: str) -> list[str]:
     try:
         return sorted(os.listdir(path))
     except OSError as err:
-        raise ValueError(f"{path!r} cannot be listed ({err.strerror}); fix its permissions or point data_path elsewhere.") from err
+        raise ValueError(
+            f"{path!r} cannot be listed ({err.strerror}); fix its permissions or point data_path elsewhere."
+        ) from err
 
 
 def scan_base(base: str | Path, shard_types: Mapping[str, str]) -> BaseScan:
@@ -253,7 +268,9 @@ def discover_shards(
                 "or upload your shards."
             )
     elif not os.path.isdir(base):
-        raise ValueError(f"{field} {str(base)!r} does not exist or is not a directory; point it at your shards' base directory.")
+        raise ValueError(
+            f"{field} {str(base)!r} does not exist or is not a directory; point it at your shards' base directory."
+        )
     else:
         scan = scan_base(base, types)
     if scan.unknown:

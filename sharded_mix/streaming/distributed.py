@@ -58,7 +58,10 @@ def check_node_layout(rank: int, world_size: int, nodes: int) -> None:
 def from_rank_zero(compute: Callable[[], T]) -> T:
     """``compute()`` run by global rank zero and sent to every rank: one listing of a base for the whole job, not
     one per rank. An error there is raised on every rank, with its message."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+    if (
+        not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        or torch.distributed.get_world_size() == 1
+    ):
         return compute()
     box: list = [None]
     failure = None
@@ -67,7 +70,13 @@ def from_rank_zero(compute: Callable[[], T]) -> T:
             box = [("result", compute())]
         except Exception as err:  # every rank must leave the broadcast, whatever went wrong
             failure = err
-            box = [("error", f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err), isinstance(err, ValueError))]
+            box = [
+                (
+                    "error",
+                    f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err),
+                    isinstance(err, ValueError),
+                )
+            ]
     torch.distributed.broadcast_object_list(box, src=0)
     if failure is not None:
         raise failure

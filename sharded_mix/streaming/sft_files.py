@@ -23,7 +23,9 @@ def read_records(path: str | Path) -> list[dict]:
     """The records of a ``.json`` file (a list of objects) or a ``.jsonl`` file (one object a line)."""
     path = Path(path)
     if path.suffix not in TASK_SUFFIXES:
-        raise ValueError(f"task file {str(path)!r}: expected a .json or .jsonl file, not {path.suffix or 'no suffix'!r}.")
+        raise ValueError(
+            f"task file {str(path)!r}: expected a .json or .jsonl file, not {path.suffix or 'no suffix'!r}."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"task file {str(path)!r} does not exist; check the path.")
     text = path.read_text(encoding="utf-8")
@@ -75,7 +77,9 @@ class ReplayBlocks:
     def __init__(self, shards: Sequence[Shard], block_size: int) -> None:
         self.shards = list(shards)
         self.block_size = block_size
-        self.starts = np.concatenate([[0], np.cumsum([shard.blocks(block_size) for shard in self.shards])]).astype(np.int64)
+        self.starts = np.concatenate([[0], np.cumsum([shard.blocks(block_size) for shard in self.shards])]).astype(
+            np.int64
+        )
         self._datasets: dict[int, object] = {}
 
     def __len__(self) -> int:

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 EVICTED_RETRIES = 2
 
+
 def map_chunk(shard: Shard, chunk: int, dtype: np.dtype, cache: ChunkCache | None = None) -> np.memmap:
     """A read-only map of the tokens of a plain token shard's chunk ``chunk``; a remote shard's chunk is
     downloaded into ``cache`` first (once per node).
@@ -56,7 +57,9 @@ def map_chunk(shard: Shard, chunk: int, dtype: np.dtype, cache: ChunkCache | Non
     problem = chunk_file_problem(shard, chunk)
     if problem:
         raise ValueError(f"shard {shard.id!r}: {problem}")
-    return np.memmap(os.path.join(shard.path, shard.chunk_files[chunk]), dtype=dtype, mode="r", offset=header, shape=shape)
+    return np.memmap(
+        os.path.join(shard.path, shard.chunk_files[chunk]), dtype=dtype, mode="r", offset=header, shape=shape
+    )
 
 
 class ChunkMaps:
@@ -117,7 +120,11 @@ class SourceReader:
         self._ahead = (-1, -1)  # (epoch, position): read-ahead was asked up to the window starting there
 
     def _ordering(self, epoch: int) -> Ordering | None:
-        return self.pin[1] if self.ordering is not None and self.pin is not None and self.pin[0] == epoch else self.ordering
+        return (
+            self.pin[1]
+            if self.ordering is not None and self.pin is not None and self.pin[0] == epoch
+            else self.ordering
+        )
 
     def _epoch_order(self, epoch: int) -> tuple[EpochOrder, NodeShares | None]:
         """Epoch ``epoch``'s order and, on several nodes or after a re-slice, which of its positions each node reads."""
@@ -126,7 +133,9 @@ class SourceReader:
             return epoch_order(self.chunk_blocks, self._ordering(epoch), self.shard.id, epoch), None
         split = split or Split.whole(self.topology, epoch, self.blocks)
         bounds = slice_bounds(split.base, epoch, self.blocks)
-        return epoch_order(self.chunk_blocks, self._ordering(epoch), self.shard.id, epoch, bounds), NodeShares(split, self.topology, self.blocks)
+        return epoch_order(self.chunk_blocks, self._ordering(epoch), self.shard.id, epoch, bounds), NodeShares(
+            split, self.topology, self.blocks
+        )
 
     def locate(self, draw: int) -> tuple[int, int]:
         """``(epoch, block index)`` of the source's ``draw``-th block (counted over all ranks)."""

@@ -51,7 +51,9 @@ obstore panics on them)."""
 RETRY_OPTION_KEYS = frozenset({"max_retries", "retry_timeout"})
 """Keys of obstore's ``RetryConfig`` accepted in ``storage_options`` (``retry_timeout`` in seconds)."""
 
-_DURATION_KEYS = frozenset({"connect_timeout", "http2_keep_alive_timeout", "pool_idle_timeout", "read_timeout", "timeout"})
+_DURATION_KEYS = frozenset(
+    {"connect_timeout", "http2_keep_alive_timeout", "pool_idle_timeout", "read_timeout", "timeout"}
+)
 
 DEFAULT_CLIENT_OPTIONS: dict[str, object] = {"connect_timeout": "5s", "read_timeout": "30s", "timeout": "10min"}
 """A stalled read fails after 30 s, but a whole chunk may take 10 min (obstore's default, 30 s, is too short for
@@ -62,7 +64,16 @@ DEFAULT_RETRY_CONFIG: dict[str, object] = {"max_retries": 5, "retry_timeout": ti
 
 _STREAM_PIECE_BYTES = 8 << 20
 
-_ENVIRONMENT_PREFIX = {"s3": "AWS", "s3a": "AWS", "gs": "GOOGLE", "az": "AZURE", "abfs": "AZURE", "abfss": "AZURE", "adl": "AZURE", "azure": "AZURE"}
+_ENVIRONMENT_PREFIX = {
+    "s3": "AWS",
+    "s3a": "AWS",
+    "gs": "GOOGLE",
+    "az": "AZURE",
+    "abfs": "AZURE",
+    "abfss": "AZURE",
+    "adl": "AZURE",
+    "azure": "AZURE",
+}
 """The environment variables' prefix of each scheme (obstore reads credentials from ``<PREFIX>_*``)."""
 
 
@@ -131,7 +142,9 @@ def _retry_value(name: str, value: object) -> object:
             return int(value)  # type: ignore[arg-type]
         return value if isinstance(value, timedelta) else timedelta(seconds=float(value))  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f"storage_options {name}: expected a number{' of seconds' if name == 'retry_timeout' else ''}, got {value!r}") from None
+        raise ValueError(
+            f"storage_options {name}: expected a number{' of seconds' if name == 'retry_timeout' else ''}, got {value!r}"
+        ) from None
 
 
 _obstore_pid: int | None = None
@@ -231,9 +244,13 @@ class RemoteDir:
             try:
                 self._store = from_url(self.url, config=config or None, client_options=client, retry_config=retry)
             except UnknownConfigurationKeyError as err:
-                raise ValueError(f"storage_options for {self.url!r}: {_short_reason(err)[0]} (see obstore's store and client config keys)") from err
+                raise ValueError(
+                    f"storage_options for {self.url!r}: {_short_reason(err)[0]} (see obstore's store and client config keys)"
+                ) from err
             except (BaseError, TypeError, ValueError) as err:
-                raise ValueError(f"storage_options for {self.url!r} (keys {sorted(self.storage_options)}): {_short_reason(err)[0]}") from err
+                raise ValueError(
+                    f"storage_options for {self.url!r} (keys {sorted(self.storage_options)}): {_short_reason(err)[0]}"
+                ) from err
         return self._store
 
     def _store_for_io(self, url: str):
@@ -255,7 +272,11 @@ class RemoteDir:
             listing = obstore.list_with_delimiter(store, prefix or None)
         cut = len(prefix) + 1 if prefix else 0
         subdirs = sorted(path[cut:] for path in listing["common_prefixes"] if path[cut:])
-        objects = {meta["path"][cut:]: ObjectInfo(meta["size"], meta["e_tag"]) for meta in listing["objects"] if meta["path"][cut:]}
+        objects = {
+            meta["path"][cut:]: ObjectInfo(meta["size"], meta["e_tag"])
+            for meta in listing["objects"]
+            if meta["path"][cut:]
+        }
         return subdirs, objects
 
     def read_bytes(self, relative: str) -> bytes:

@@ -34,7 +34,15 @@ from sharded_mix.mixing.cursor import Cursor, StreamStage, saved_ordering
 from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW
 from sharded_mix.mixing.slices import Topology
 from sharded_mix.mixing.state import (
-    STATE_VERSION, apply_data_change, data_changes, fingerprint, resliced, restarted, samples_on, state_topology, validate_state,
+    STATE_VERSION,
+    apply_data_change,
+    data_changes,
+    fingerprint,
+    resliced,
+    restarted,
+    samples_on,
+    state_topology,
+    validate_state,
     with_full_seeds,
 )
 from sharded_mix.mixing.transition import format_transition
@@ -62,8 +70,14 @@ def stream_stage(
     with the defaults, the one stage of a run without ``stages``."""
     chosen = {shard.id: shard for shard in shards if weights.get(shard.id, 0) > 0}
     return StreamStage(
-        name, start, {source: weights[source] for source in chosen}, seed, block_size,
-        {source: shard.blocks(block_size) for source, shard in chosen.items()}, label, shuffle_window,
+        name,
+        start,
+        {source: weights[source] for source in chosen},
+        seed,
+        block_size,
+        {source: shard.blocks(block_size) for source, shard in chosen.items()},
+        label,
+        shuffle_window,
     )
 
 
@@ -96,10 +110,14 @@ class MixtureStream(IterableDataset):
         self.prefetch_chunks = prefetch_chunks
         late = [stage.name for stage in self.stages if stage.start % batch_size]
         if late:
-            raise ValueError(f"stage(s) {late} start inside a batch of {batch_size} samples; stages start on batch boundaries.")
+            raise ValueError(
+                f"stage(s) {late} start inside a batch of {batch_size} samples; stages start on batch boundaries."
+            )
         dtypes = {shard.dtype for shard in self.shards.values()}
         if len(dtypes) != 1:
-            raise ValueError(f"the blend mixes token dtypes {sorted(dtypes)}; write every shard with the same tokenizer dtype.")
+            raise ValueError(
+                f"the blend mixes token dtypes {sorted(dtypes)}; write every shard with the same tokenizer dtype."
+            )
         self.dtype = np.dtype(dtypes.pop())
         self.cursor = Cursor(self.stages, world_size)  # where iteration starts; the loader sets it each time
         self.stop: int | None = None  # the loader sets it too
@@ -139,8 +157,15 @@ class MixtureStream(IterableDataset):
         stage = cursor.stage
         return [
             SourceReader(
-                self.shards[source], stage.block_size, stage.ordering if self.shuffle else None, maps, cursor.pins.get(source),
-                self.prefetch_chunks, self.topology, self.node, cursor.splits.get(source),
+                self.shards[source],
+                stage.block_size,
+                stage.ordering if self.shuffle else None,
+                maps,
+                cursor.pins.get(source),
+                self.prefetch_chunks,
+                self.topology,
+                self.node,
+                cursor.splits.get(source),
             )
             for source in cursor.ids
         ]
@@ -174,13 +199,20 @@ class MixtureLoader(DataLoader):
         remote = any(is_url(shard.path) for shard in dataset.shards.values())
         # obstore's runtime does not survive fork() once the main process has used it (discovery did)
         context = "forkserver" if remote and num_workers > 0 else None
-        super().__init__(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is, multiprocessing_context=context)
+        super().__init__(
+            dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is, multiprocessing_context=context
+        )
         self._pin = torch.cuda.is_available()
         self.max_epochs_per_source = max_epochs_per_source
         self.on_data_change = on_data_change
         self.cursor = Cursor(dataset.stages, dataset.world_size)
         self._saved_fingerprints: dict[str, dict] = {}  # of set-aside sources this run does not read
-        self.stop, self.global_batch_size, self.run, self.restart_on_resume = stop, global_batch_size, run, restart_on_resume
+        self.stop, self.global_batch_size, self.run, self.restart_on_resume = (
+            stop,
+            global_batch_size,
+            run,
+            restart_on_resume,
+        )
         self.stop_anchor = 0  # the step stop_after_steps counts from
         self.run_steps = run_steps  # where train.max_tokens ends the run (None: unknown)
         if stop.active and global_batch_size is None:
@@ -232,7 +264,11 @@ class MixtureLoader(DataLoader):
 
     def _log_stop(self, detail: str) -> None:
         if rank_zero_only.rank == 0:
-            logger.info("DATA STOP: %s reached (%s); the training stream ends here", self.stop.describe(self.stop_anchor), detail)
+            logger.info(
+                "DATA STOP: %s reached (%s); the training stream ends here",
+                self.stop.describe(self.stop_anchor),
+                detail,
+            )
 
     @staticmethod
     def _epoch_ends(cursor: Cursor) -> list[int]:
@@ -270,12 +306,20 @@ class MixtureLoader(DataLoader):
             changed.append(f"seq_len {old.block_size - 1} -> {new.block_size - 1}")
         heading = f"{new.label} ({self.cursor.samples:,} samples per rank): {old.name} -> {new.name}"
         details = [f"changed: {', '.join(changed) or 'nothing'}"]
-        logger.info("%s", format_transition(rows, heading, old.ordering, new.ordering, banner="DATA STAGE TRANSITION", details=details))
+        logger.info(
+            "%s",
+            format_transition(
+                rows, heading, old.ordering, new.ordering, banner="DATA STAGE TRANSITION", details=details
+            ),
+        )
 
     def state_dict(self) -> dict:
         stream: MixtureStream = self.dataset
         state = {
-            "version": STATE_VERSION, **self.cursor.state(), "batch_size": stream.batch_size, "world_size": stream.world_size,
+            "version": STATE_VERSION,
+            **self.cursor.state(),
+            "batch_size": stream.batch_size,
+            "world_size": stream.world_size,
             "nodes": stream.topology.nodes,
         }
         if self.stop.active:
@@ -305,7 +349,9 @@ class MixtureLoader(DataLoader):
             if rank_zero_only.rank == 0 and (state_topology(state).nodes > 1 or stream.topology.nodes > 1):
                 logger.info(
                     "resuming data on %s (the checkpoint ran on %s): the rest of each epoch in progress is shared out "
-                    "among the nodes anew, without repeats or skips", stream.topology.describe(), state_topology(state).describe(),
+                    "among the nodes anew, without repeats or skips",
+                    stream.topology.describe(),
+                    state_topology(state).describe(),
                 )
             state = resliced(state, stream.topology)
         if state["world_size"] != stream.world_size:
@@ -313,7 +359,11 @@ class MixtureLoader(DataLoader):
             if rank_zero_only.rank == 0:
                 logger.info(
                     "resuming data on %d ranks (the checkpoint ran on %d): %d samples per rank there are %d here, so every "
-                    "stage still starts at its step", stream.world_size, state["world_size"], state["samples"], samples,
+                    "stage still starts at its step",
+                    stream.world_size,
+                    state["world_size"],
+                    state["samples"],
+                    samples,
                 )
             state = dict(state, samples=samples, world_size=stream.world_size)
         if self.restart_on_resume:
@@ -322,7 +372,8 @@ class MixtureLoader(DataLoader):
             if rank_zero_only.rank == 0:
                 logger.warning(
                     "restart_data_on_resume: every source starts over from its first block (the checkpoint had drawn %s blocks "
-                    "of them); blocks already trained on come again. The blend and the stages keep their steps.", f"{drawn:,}",
+                    "of them); blocks already trained on come again. The blend and the stages keep their steps.",
+                    f"{drawn:,}",
                 )
         rows = self.cursor.restore(state)
         self._anchor_stop(state)
@@ -333,16 +384,22 @@ class MixtureLoader(DataLoader):
                 f"resuming after {state['samples']:,} samples per rank ({batches:,} batches of {stream.batch_size}) "
                 f"in stage {self.cursor.stage.name}"
             )
-            details = [] if state["block_size"] == self.cursor.stage.block_size else [
-                f"block size {state['block_size']} -> {self.cursor.stage.block_size} (seq_len {state['block_size'] - 1} -> {self.cursor.stage.block_size - 1})"
-            ]
+            details = (
+                []
+                if state["block_size"] == self.cursor.stage.block_size
+                else [
+                    f"block size {state['block_size']} -> {self.cursor.stage.block_size} (seq_len {state['block_size'] - 1} -> {self.cursor.stage.block_size - 1})"
+                ]
+            )
             logger.info("%s", format_transition(rows, heading, saved, ordering, details=details))
             if state.get("stage") == self.cursor.stage.name and state["block_size"] != self.cursor.stage.block_size:
                 self._warn_block_size_change(state)
         if rows is None and saved != ordering and rank_zero_only.rank == 0:
             logger.info(
                 "resuming with %s; the checkpoint ran with %s: each source finishes its epoch in progress in the "
-                "checkpoint's order, and its next epochs follow the new one", ordering.describe(), saved.describe(),
+                "checkpoint's order, and its next epochs follow the new one",
+                ordering.describe(),
+                saved.describe(),
             )
 
     def _anchor_stop(self, state: Mapping) -> None:
@@ -353,7 +410,12 @@ class MixtureLoader(DataLoader):
         self.stop_anchor = self.stop.anchor(state.get("stop"), self.run, resume_step)
         stop = self.stop_step()
         if rank_zero_only.rank == 0:
-            logger.info("resuming at step %d; the data stream ends after step %d (%s)", resume_step, stop, self.stop.describe(self.stop_anchor))
+            logger.info(
+                "resuming at step %d; the data stream ends after step %d (%s)",
+                resume_step,
+                stop,
+                self.stop.describe(self.stop_anchor),
+            )
         if stop < resume_step:
             raise ValueError(
                 f"{self.stop.describe(self.stop_anchor)}, but the checkpoint resumed is at step {resume_step:,}, past it; "
@@ -363,13 +425,23 @@ class MixtureLoader(DataLoader):
 
     def _warn_block_size_change(self, state: Mapping) -> None:
         """The cost of resuming a stage with another ``max_seq_length``: the rest of each epoch in progress."""
-        unread = [(entry["blocks"] - entry["draws"] % entry["blocks"]) for entry in state["sources"].values() if entry["draws"] % entry["blocks"]]
+        unread = [
+            (entry["blocks"] - entry["draws"] % entry["blocks"])
+            for entry in state["sources"].values()
+            if entry["draws"] % entry["blocks"]
+        ]
         old, new = state["block_size"], self.cursor.stage.block_size
         logger.warning(
             "train.max_seq_length changed since the checkpoint (%d -> %d): blocks of the new length cannot continue the "
             "old epochs, so %d source(s) in mid-epoch start their next epoch now and %s blocks of %d tokens left in those "
             "epochs are not read in this pass. Resume with max_seq_length %d to keep them, or make the change a data "
-            "stage with seq_len.", old - 1, new - 1, len(unread), f"{sum(unread):,}", old, old - 1,
+            "stage with seq_len.",
+            old - 1,
+            new - 1,
+            len(unread),
+            f"{sum(unread):,}",
+            old,
+            old - 1,
         )
 
 
@@ -412,7 +484,15 @@ def staged_loader(
     rank, world_size = distributed_rank_world()
     stream = MixtureStream(shards, stages, batch_size, shuffle, rank, world_size, cache, prefetch_chunks, nodes)
     return MixtureLoader(
-        stream, num_workers, max_epochs_per_source, on_data_change, stop, global_batch_size, run, restart_on_resume, run_steps,
+        stream,
+        num_workers,
+        max_epochs_per_source,
+        on_data_change,
+        stop,
+        global_batch_size,
+        run,
+        restart_on_resume,
+        run_steps,
     )
 
 
@@ -431,9 +511,17 @@ def validation_loader(
     chosen = [shard for shard in shards if weights.get(shard.id, 0) > 0]
     datasets = [
         StreamingDataset(
-            input_dir=cache.mirror(shard) if is_url(shard.path) else shard.path, item_loader=TokensLoader(block_size=block_size), shuffle=False, drop_last=True, seed=seed % 2**32
+            input_dir=cache.mirror(shard) if is_url(shard.path) else shard.path,
+            item_loader=TokensLoader(block_size=block_size),
+            shuffle=False,
+            drop_last=True,
+            seed=seed % 2**32,
         )
         for shard in chosen
     ]
-    combined = CombinedStreamingDataset(datasets=datasets, seed=seed, weights=[weights[shard.id] for shard in chosen], iterate_over_all=False)
-    return StreamingDataLoader(combined, batch_size=batch_size, num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=True)
+    combined = CombinedStreamingDataset(
+        datasets=datasets, seed=seed, weights=[weights[shard.id] for shard in chosen], iterate_over_all=False
+    )
+    return StreamingDataLoader(
+        combined, batch_size=batch_size, num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=True
+    )

@@ -17,7 +17,9 @@ CHECKPOINT_FILE = "lit_model.pth"
 
 def _step_entries(out_dir: Path) -> dict[int, Path]:
     """Every entry of ``out_dir`` named ``step-NNNNNNNN``, by step, in step order."""
-    return dict(sorted((step, entry) for entry in out_dir.iterdir() if (step := checkpoint_step(entry.name)) is not None))
+    return dict(
+        sorted((step, entry) for entry in out_dir.iterdir() if (step := checkpoint_step(entry.name)) is not None)
+    )
 
 
 def checkpoint_steps(out_dir: str | Path) -> dict[int, Path]:
@@ -95,14 +97,18 @@ def plan_checkpoint_links(pretrain_dir: str | Path, midtrain_dir: str | Path, st
     pretrain_dir, midtrain_dir = Path(pretrain_dir), Path(midtrain_dir)
     steps = checkpoint_steps(pretrain_dir)
     if not steps:
-        raise ValueError(f"{str(pretrain_dir)!r} has no step-*/{CHECKPOINT_FILE} checkpoints; is it a litgpt pretrain out_dir?")
+        raise ValueError(
+            f"{str(pretrain_dir)!r} has no step-*/{CHECKPOINT_FILE} checkpoints; is it a litgpt pretrain out_dir?"
+        )
     if step not in steps:
         raise ValueError(
             f"--step {step}: {str(pretrain_dir)!r} has no checkpoint for that step; it has steps "
             f"{', '.join(map(str, steps))}. Pick one of those (train.save_interval decides which exist)."
         )
     if midtrain_dir.resolve() == pretrain_dir.resolve():
-        raise ValueError(f"the midtraining out_dir {str(midtrain_dir)!r} is the pretraining run's; give the midtraining run its own out_dir.")
+        raise ValueError(
+            f"the midtraining out_dir {str(midtrain_dir)!r} is the pretraining run's; give the midtraining run its own out_dir."
+        )
     links = []
     for number, directory in steps.items():
         if number > step:
@@ -120,7 +126,9 @@ def plan_checkpoint_links(pretrain_dir: str | Path, midtrain_dir: str | Path, st
     return links
 
 
-def link_checkpoints(pretrain_dir: str | Path, midtrain_dir: str | Path, step: int, dry_run: bool = False) -> list[CheckpointLink]:
+def link_checkpoints(
+    pretrain_dir: str | Path, midtrain_dir: str | Path, step: int, dry_run: bool = False
+) -> list[CheckpointLink]:
     """Make ``midtrain_dir`` resume from ``step`` of a pretraining run (``resume: auto`` picks it up)."""
     links = plan_checkpoint_links(pretrain_dir, midtrain_dir, step)
     if not dry_run:
@@ -142,7 +150,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         steps = checkpoint_steps(path)
         if steps:
             return steps[max(steps)] / CHECKPOINT_FILE
-    raise ValueError(f"no checkpoint at {str(path)!r}; give a {CHECKPOINT_FILE}, a step-* directory or a run's out_dir.")
+    raise ValueError(
+        f"no checkpoint at {str(path)!r}; give a {CHECKPOINT_FILE}, a step-* directory or a run's out_dir."
+    )
 
 
 def read_data_position(path: str | Path) -> dict:
@@ -153,12 +163,19 @@ def read_data_position(path: str | Path) -> dict:
     checkpoint = torch.load(checkpoint_file, map_location="cpu", mmap=True, weights_only=True)
     state = checkpoint.get("train_dataloader")
     if not isinstance(state, dict) or "sources" not in state:
-        raise ValueError(f"{str(checkpoint_file)!r} holds no sharded_mix data state; was it trained with sharded_mix.ShardedMixedDataset?")
+        raise ValueError(
+            f"{str(checkpoint_file)!r} holds no sharded_mix data state; was it trained with sharded_mix.ShardedMixedDataset?"
+        )
     try:
         validate_state(state)
     except ValueError as err:
         raise ValueError(f"{str(checkpoint_file)!r}: {err}") from None
-    return {"checkpoint": str(checkpoint_file), "iter_num": checkpoint.get("iter_num"), "step_count": checkpoint.get("step_count"), "data": state}
+    return {
+        "checkpoint": str(checkpoint_file),
+        "iter_num": checkpoint.get("iter_num"),
+        "step_count": checkpoint.get("step_count"),
+        "data": state,
+    }
 
 
 def format_data_position(position: dict) -> str:
@@ -176,8 +193,12 @@ def format_data_position(position: dict) -> str:
         )
     header = f"{'source':<14} {'weight':>8} {'epoch':>6} {'position / blocks':>20} {'samples':>14} {'tokens':>16}  note"
     lines += [header, "-" * len(header)]
-    entries = [(source, entry, f"{state['weights'][source]:.4f}", "") for source, entry in sorted(state["sources"].items())]
-    entries += [(source, entry, "-", "dropped by a later blend") for source, entry in sorted(state.get("dropped", {}).items())]
+    entries = [
+        (source, entry, f"{state['weights'][source]:.4f}", "") for source, entry in sorted(state["sources"].items())
+    ]
+    entries += [
+        (source, entry, "-", "dropped by a later blend") for source, entry in sorted(state.get("dropped", {}).items())
+    ]
     for source, entry, weight, note in entries:
         position = entry_position(entry, state["block_size"])
         if position.pin is not None:
@@ -185,5 +206,7 @@ def format_data_position(position: dict) -> str:
         if position.split is not None:
             note = "; ".join(filter(None, [note, position.split.describe()]))
         where = f"{entry['position']:,} / {entry['blocks']:,}"
-        lines.append(f"{source:<14} {weight:>8} {entry['epoch']:>6} {where:>20} {entry['draws']:>14,} {entry['tokens']:>16,}  {note}".rstrip())
+        lines.append(
+            f"{source:<14} {weight:>8} {entry['epoch']:>6} {where:>20} {entry['draws']:>14,} {entry['tokens']:>16,}  {note}".rstrip()
+        )
     return "\n".join(lines)

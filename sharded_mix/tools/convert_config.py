@@ -23,11 +23,24 @@ import yaml
 from sharded_mix.config import DATA_CLASS, checkpoint_step
 
 OPTIMIZER_CLASS = "sharded_mix.training.ScheduledAdamW"
-REFERENCE_ONLY_DATA_ARGS = ("val_split_fraction", "fast_dev_run", "data_split", "dataset_name", "num_samples", "num_val_samples")
+REFERENCE_ONLY_DATA_ARGS = (
+    "val_split_fraction",
+    "fast_dev_run",
+    "data_split",
+    "dataset_name",
+    "num_samples",
+    "num_val_samples",
+)
 """Data init args only the fork's download helper read."""
 STALE_DATA_ARGS = ("mix_weight",)
 """Data init args of older fork configs that nothing read any more."""
-ADAMW_CLASSES = ("AdamW", "torch.optim.AdamW", "torch.optim.adamw.AdamW", OPTIMIZER_CLASS, "sharded_mix.training.optimizer.ScheduledAdamW")
+ADAMW_CLASSES = (
+    "AdamW",
+    "torch.optim.AdamW",
+    "torch.optim.adamw.AdamW",
+    OPTIMIZER_CLASS,
+    "sharded_mix.training.optimizer.ScheduledAdamW",
+)
 LR_SCHEDULERS = ("cosine", "wsd", "decay", "constant")
 FORK_TRAIN_KEYS = ("max_iters", "max_additional_steps", "lr_scheduler", "stable_steps", "max_lr")
 """Fork train keys that move elsewhere (data stop args, the optimizer's schedule)."""
@@ -70,7 +83,8 @@ def _upstream() -> _Upstream:
         train_fields=init_fields(TrainArgs),
         eval_fields=init_fields(EvalArgs),
         data_args=init_fields(ShardedMixedDataset),
-        optimizer_args=frozenset(inspect.signature(ScheduledAdamW.__init__).parameters) - {"self", "params", *SCHEDULE_ARGS},
+        optimizer_args=frozenset(inspect.signature(ScheduledAdamW.__init__).parameters)
+        - {"self", "params", *SCHEDULE_ARGS},
     )
 
 
@@ -107,7 +121,9 @@ class _Run:
                 f"{self.micro_batch_size}; raise global_batch_size or lower micro_batch_size."
             )
         if iters // accumulation < 1:
-            raise ValueError(f"train.max_iters is {iters!r}, less than one optimizer step of {accumulation} iterations; raise it.")
+            raise ValueError(
+                f"train.max_iters is {iters!r}, less than one optimizer step of {accumulation} iterations; raise it."
+            )
         return iters // accumulation, accumulation
 
 
@@ -123,7 +139,11 @@ def _run_of(config: dict, train: dict, devices: int | None) -> _Run:
     devices = config.get("devices") if devices is None else devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
-    gpus = devices * int(config.get("num_nodes") or 1) if isinstance(devices, int) and not isinstance(devices, bool) else None
+    gpus = (
+        devices * int(config.get("num_nodes") or 1)
+        if isinstance(devices, int) and not isinstance(devices, bool)
+        else None
+    )
     return _Run(
         global_batch_size=train.get("global_batch_size", train_defaults.global_batch_size),
         micro_batch_size=train.get("micro_batch_size", train_defaults.micro_batch_size),
@@ -171,7 +191,10 @@ def _horizon(train: dict, run: _Run) -> tuple[int, str]:
         steps, accumulation = run.steps_of_iters(train["max_iters"])
         return steps, f"train.max_iters {train['max_iters']:,} / {accumulation} iterations per step"
     source = "train.max_tokens" if run.max_tokens_given else "litgpt's default max_tokens"
-    return run.max_tokens // run.tokens_per_step, f"{source} {run.max_tokens:,} / {run.tokens_per_step:,} tokens per step"
+    return (
+        run.max_tokens // run.tokens_per_step,
+        f"{source} {run.max_tokens:,} / {run.tokens_per_step:,} tokens per step",
+    )
 
 
 def _stop_args(train: dict, run: _Run, notes: list[str]) -> dict:
@@ -184,7 +207,9 @@ def _stop_args(train: dict, run: _Run, notes: list[str]) -> dict:
             "optimizer steps past the step it first resumes at, step 0 for a fresh run; no config edit between relaunches)."
         )
         if iters is not None:
-            notes.append(f"train.max_iters: {iters!r} -> removed (the fork replaced it by the resumed step + max_additional_steps).")
+            notes.append(
+                f"train.max_iters: {iters!r} -> removed (the fork replaced it by the resumed step + max_additional_steps)."
+            )
         return {"stop_after_steps": extra}
     if iters is not None:
         step, accumulation = run.steps_of_iters(_whole(iters, "train.max_iters"))
@@ -216,9 +241,13 @@ def _convert_data(data, stop: dict, notes: list[str]) -> dict:
     init_args = {}
     for key, value in given.items():
         if key in REFERENCE_ONLY_DATA_ARGS:
-            notes.append(f"data.init_args.{key}: {value!r} -> removed (reference-only: the fork's download helper read it).")
+            notes.append(
+                f"data.init_args.{key}: {value!r} -> removed (reference-only: the fork's download helper read it)."
+            )
         elif key in STALE_DATA_ARGS:
-            notes.append(f"data.init_args.{key}: {value!r} -> removed (a stale key: the fork's data module did not read it).")
+            notes.append(
+                f"data.init_args.{key}: {value!r} -> removed (a stale key: the fork's data module did not read it)."
+            )
         elif key not in known:
             notes.append(f"data.init_args.{key}: {value!r} -> removed ({DATA_CLASS} has no such init arg).")
         else:
@@ -245,10 +274,14 @@ def _convert_train(train: dict, run: _Run, stop: dict, schedule_moved: bool, not
         else:
             converted[key] = value
             if schedule_moved and key in LITGPT_LR_KEYS:
-                notes.append(f"train.{key}: {value!r} -> kept, harmless: the optimizer's schedule sets the LR of every step, not litgpt.")
+                notes.append(
+                    f"train.{key}: {value!r} -> kept, harmless: the optimizer's schedule sets the LR of every step, not litgpt."
+                )
     if not schedule_moved and converted.get("lr_warmup_fraction") and "lr_warmup_steps" not in converted:
         converted["lr_warmup_steps"] = None
-        notes.append("train.lr_warmup_steps: unset -> None (else litgpt pretrain's default 2000 clashes with lr_warmup_fraction).")
+        notes.append(
+            "train.lr_warmup_steps: unset -> None (else litgpt pretrain's default 2000 clashes with lr_warmup_fraction)."
+        )
     if "stop_at_step" in stop:
         needed = stop["stop_at_step"] * run.tokens_per_step
         if run.max_tokens < needed:
@@ -280,7 +313,9 @@ def _optimizer_parts(optimizer) -> tuple[str, dict]:
         return optimizer, {}
     if isinstance(optimizer, dict) and isinstance(optimizer.get("class_path"), str):
         return optimizer["class_path"], dict(optimizer.get("init_args") or {})
-    raise ValueError(f"optimizer is {optimizer!r}; give a name such as AdamW or {{class_path: torch.optim.AdamW, init_args: {{...}}}}.")
+    raise ValueError(
+        f"optimizer is {optimizer!r}; give a name such as AdamW or {{class_path: torch.optim.AdamW, init_args: {{...}}}}."
+    )
 
 
 def _warmup(train: dict, total_steps: int | None, notes: list[str]) -> tuple[dict, list[str]]:
@@ -323,7 +358,9 @@ def _schedule_args(kind: str, train: dict, run: _Run, notes: list[str]) -> tuple
         if train.get("lr_warmup_steps") or train.get("lr_warmup_fraction"):
             parts.append("no warmup, as the fork's decay")
         if train.get("lr_warmup_fraction"):
-            notes.append(f"train.lr_warmup_fraction: {train['lr_warmup_fraction']!r} -> removed (the decay has no warmup, as the fork's).")
+            notes.append(
+                f"train.lr_warmup_fraction: {train['lr_warmup_fraction']!r} -> removed (the decay has no warmup, as the fork's)."
+            )
         return {"schedule": "decay", "decay_steps": steps, **ANNEAL}, parts
     args, parts = {"schedule": kind}, []
     total = None
@@ -352,7 +389,9 @@ def _schedule_args(kind: str, train: dict, run: _Run, notes: list[str]) -> tuple
     if kind != "constant":
         given = train.get("min_lr")
         args["min_lr"] = _upstream().train_defaults.min_lr if given is None else given
-        parts.append(f"min_lr {args['min_lr']!r} = " + ("litgpt pretrain's default" if given is None else "train.min_lr"))
+        parts.append(
+            f"min_lr {args['min_lr']!r} = " + ("litgpt pretrain's default" if given is None else "train.min_lr")
+        )
     return args, parts
 
 
@@ -366,13 +405,19 @@ def _scheduled_optimizer(optimizer, train: dict, run: _Run, notes: list[str]) ->
             f"optimizer is {class_path!r} and train.lr_scheduler is {kind!r}: the schedule moves to {OPTIMIZER_CLASS}, which is "
             "AdamW only; use AdamW in REF, or drop train.lr_scheduler to keep litgpt's own schedule."
         )
-    kept = _known_only(init_args, _upstream().optimizer_args, "optimizer.init_args", f"{OPTIMIZER_CLASS} does not take it", notes)
+    kept = _known_only(
+        init_args, _upstream().optimizer_args, "optimizer.init_args", f"{OPTIMIZER_CLASS} does not take it", notes
+    )
     if train.get("max_lr") is not None:
-        notes.append(f"train.max_lr: {train['max_lr']!r} -> optimizer.init_args.lr: {train['max_lr']!r} (the peak LR; it was {kept.get('lr', 'unset')!r}).")
+        notes.append(
+            f"train.max_lr: {train['max_lr']!r} -> optimizer.init_args.lr: {train['max_lr']!r} (the peak LR; it was {kept.get('lr', 'unset')!r})."
+        )
         kept = {"lr": train["max_lr"], **kept} if "lr" not in kept else {**kept, "lr": train["max_lr"]}
     schedule, parts = _schedule_args(kind, train, run, notes)
     notes.append(f"train.lr_scheduler: {kind!r} -> optimizer.init_args.schedule: {kind!r}; " + "; ".join(parts) + ".")
-    notes.append(f"optimizer: {class_path!r} -> {OPTIMIZER_CLASS!r} (AdamW that applies the schedule; init_args {', '.join(kept) or 'none'} kept).")
+    notes.append(
+        f"optimizer: {class_path!r} -> {OPTIMIZER_CLASS!r} (AdamW that applies the schedule; init_args {', '.join(kept) or 'none'} kept)."
+    )
     return {"class_path": OPTIMIZER_CLASS, "init_args": {**kept, **schedule}}
 
 
@@ -381,7 +426,9 @@ def _peak_lr_only(optimizer, max_lr, notes: list[str]):
     class_path, init_args = _optimizer_parts(optimizer)
     if "." not in class_path:
         class_path = f"torch.optim.{class_path}"
-    notes.append(f"train.max_lr: {max_lr!r} -> optimizer.init_args.lr: {max_lr!r} (the peak of litgpt's own schedule; it was {init_args.get('lr', 'unset')!r}).")
+    notes.append(
+        f"train.max_lr: {max_lr!r} -> optimizer.init_args.lr: {max_lr!r} (the peak of litgpt's own schedule; it was {init_args.get('lr', 'unset')!r})."
+    )
     return {"class_path": class_path, "init_args": {**init_args, "lr": max_lr}}
 
 
@@ -394,7 +441,9 @@ def convert_reference_config(config: dict, devices: int | None = None) -> tuple[
     if not isinstance(config, dict):
         raise ValueError(f"REF is {type(config).__name__}, not a mapping; give a litgpt pretrain YAML config.")
     if "data" not in config:
-        raise ValueError("REF has no data: section; convert-config converts configs of the reference fork's litgpt.data.ShardedMixedDataset.")
+        raise ValueError(
+            "REF has no data: section; convert-config converts configs of the reference fork's litgpt.data.ShardedMixedDataset."
+        )
     parameters = _upstream().pretrain_args
     notes: list[str] = []
     train = dict(config.get("train") or {})
@@ -439,7 +488,9 @@ class _Dumper(yaml.SafeDumper):
     """Block mappings, lists on one line (``betas: [0.9, 0.95]``), as the shipped configs."""
 
 
-_Dumper.add_representer(list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True))
+_Dumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True)
+)
 
 
 def convert_config_file(ref: str | Path, devices: int | None = None) -> tuple[str, list[str]]:
@@ -453,7 +504,9 @@ def convert_config_file(ref: str | Path, devices: int | None = None) -> tuple[st
     return header + yaml.dump(converted, Dumper=_Dumper, sort_keys=False), notes
 
 
-def write_converted_config(ref: str | Path, out: str | Path, force: bool = False, devices: int | None = None) -> list[str]:
+def write_converted_config(
+    ref: str | Path, out: str | Path, force: bool = False, devices: int | None = None
+) -> list[str]:
     """Write REF converted to ``out`` (never over REF; over an existing file only with ``force``); the change notes."""
     ref, out = Path(ref), Path(out)
     if out.resolve() == ref.resolve():

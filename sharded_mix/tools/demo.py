@@ -429,7 +429,11 @@ def build_demo(workdir: Path, vocab_size: int = 4096, overwrite: bool = False) -
             _prepare(staging, tokenizer_dir, _shard_path(data_dir, kind, split), chunk_bytes, overwrite)
 
     result = _result(workdir, vocab_size, reused=False, seconds=time.perf_counter() - start)
-    meta = {"format": DEMO_FORMAT, "vocab_size": vocab_size, "python": sys.version.split()[0],
-            "tokens": result.token_counts()}
+    meta = {
+        "format": DEMO_FORMAT,
+        "vocab_size": vocab_size,
+        "python": sys.version.split()[0],
+        "tokens": result.token_counts(),
+    }
     _marker_path(workdir).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return result

@@ -78,11 +78,15 @@ def read_results(path: str | Path) -> dict:
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{path}: missing; the evaluation of this checkpoint did not finish (run eval_checkpoints.sh again)") from None
+        raise ValueError(
+            f"{path}: missing; the evaluation of this checkpoint did not finish (run eval_checkpoints.sh again)"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: unreadable ({err}); delete it and run eval_checkpoints.sh again") from None
     if not isinstance(results, dict) or not isinstance(results.get("results"), dict):
-        raise ValueError(f"{path}: not an lm-eval results file (no 'results' mapping); delete it and run eval_checkpoints.sh again")
+        raise ValueError(
+            f"{path}: not an lm-eval results file (no 'results' mapping); delete it and run eval_checkpoints.sh again"
+        )
     return results
 
 
@@ -90,10 +94,18 @@ def checkpoint_dirs(eval_dir: str | Path) -> list[Path]:
     """The ``step-N`` and ``final`` directories of an eval dir, in checkpoint order."""
     eval_dir = Path(eval_dir)
     if not eval_dir.is_dir():
-        raise ValueError(f"eval dir {str(eval_dir)!r} is not a directory; give the --eval-dir of eval_checkpoints.sh (default RUN_DIR/eval)")
-    found = [entry for entry in eval_dir.iterdir() if entry.is_dir() and (entry.name == "final" or checkpoint_step(entry.name) is not None)]
+        raise ValueError(
+            f"eval dir {str(eval_dir)!r} is not a directory; give the --eval-dir of eval_checkpoints.sh (default RUN_DIR/eval)"
+        )
+    found = [
+        entry
+        for entry in eval_dir.iterdir()
+        if entry.is_dir() and (entry.name == "final" or checkpoint_step(entry.name) is not None)
+    ]
     if not found:
-        raise ValueError(f"eval dir {str(eval_dir)!r} has no step-* or final directories; run eval_checkpoints.sh first")
+        raise ValueError(
+            f"eval dir {str(eval_dir)!r} has no step-* or final directories; run eval_checkpoints.sh first"
+        )
     return sorted(found, key=lambda entry: checkpoint_order(entry.name))
 
 
@@ -123,6 +135,15 @@ def write_csv(rows: list[EvalRow], path: str | Path) -> None:
         writer.writerow(CSV_COLUMNS)
         for row in rows:
             stderr = "" if row.stderr is None or math.isnan(row.stderr) else row.stderr
-            writer.writerow([row.checkpoint, "" if row.step is None else row.step, row.task, row.metric, row.value, stderr,
-                             "true" if row.is_group else "false"])
+            writer.writerow(
+                [
+                    row.checkpoint,
+                    "" if row.step is None else row.step,
+                    row.task,
+                    row.metric,
+                    row.value,
+                    stderr,
+                    "true" if row.is_group else "false",
+                ]
+            )
     os.replace(partial, path)

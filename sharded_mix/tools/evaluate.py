@@ -47,7 +47,12 @@ def load_model(checkpoint: str | Path, device: str = "cpu"):
 
 
 def source_losses(
-    model, val_base: str | Path, seq_len: int | None = None, max_blocks: int = 64, batch_size: int = 8, device: str = "cpu"
+    model,
+    val_base: str | Path,
+    seq_len: int | None = None,
+    max_blocks: int = 64,
+    batch_size: int = 8,
+    device: str = "cpu",
 ) -> list[SourceLoss]:
     """Mean next-token loss on the first ``max_blocks`` blocks (in order) of every shard under ``val_base``."""
     import torch
@@ -60,12 +65,18 @@ def source_losses(
     for shard in discover_shards(val_base, field="val_data_path"):
         blocks = min(max_blocks, shard.blocks(block_size))
         if blocks < 1:
-            raise ValueError(f"validation shard {shard.id!r} ({shard.path}) holds no block of {block_size} tokens; lower --seq-len.")
+            raise ValueError(
+                f"validation shard {shard.id!r} ({shard.path}) holds no block of {block_size} tokens; lower --seq-len."
+            )
         dataset = StreamingDataset(shard.path, item_loader=TokensLoader(block_size=block_size), shuffle=False)
         total, count = 0.0, 0
         with torch.no_grad():
             for start in range(0, blocks, batch_size):
-                batch = torch.stack([torch.as_tensor(dataset[i]) for i in range(start, min(start + batch_size, blocks))]).long().to(device)
+                batch = (
+                    torch.stack([torch.as_tensor(dataset[i]) for i in range(start, min(start + batch_size, blocks))])
+                    .long()
+                    .to(device)
+                )
                 logits = model(batch[:, :-1])
                 loss = chunked_cross_entropy(logits, batch[:, 1:], chunk_size=0)
                 total += loss.item() * batch.shape[0]
@@ -83,7 +94,9 @@ def load_tokenizer(checkpoint: str | Path):
     try:
         return Tokenizer(directory)
     except (NotImplementedError, FileNotFoundError) as err:
-        raise ValueError(f"{str(directory)!r} holds no tokenizer LitGPT can load ({err}); task files need one, give a checkpoint with tokenizer files.") from None
+        raise ValueError(
+            f"{str(directory)!r} holds no tokenizer LitGPT can load ({err}); task files need one, give a checkpoint with tokenizer files."
+        ) from None
 
 
 def checkpoint_prompt_style(checkpoint: str | Path, default: str = "alpaca"):
@@ -95,8 +108,17 @@ def checkpoint_prompt_style(checkpoint: str | Path, default: str = "alpaca"):
 
 
 def task_loss(
-    model, name: str, path: str | Path, tokenizer, prompt_style, mask_prompt: bool = False, ignore_index: int = -100,
-    max_seq_length: int | None = None, max_examples: int | None = None, batch_size: int = 8, device: str = "cpu",
+    model,
+    name: str,
+    path: str | Path,
+    tokenizer,
+    prompt_style,
+    mask_prompt: bool = False,
+    ignore_index: int = -100,
+    max_seq_length: int | None = None,
+    max_examples: int | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
 ) -> SourceLoss:
     """Mean next-token loss over the target tokens of a task file's examples (the first ``max_examples``), encoded as
     ``SFTMixture`` encodes them (prompt style, masking, cut to ``max_seq_length``, default the model's block size)."""
@@ -116,11 +138,16 @@ def task_loss(
             input_ids, labels = batch["input_ids"].to(device), batch["labels"][:, 1:].to(device)
             logits = model(input_ids)[:, :-1]
             total += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=ignore_index, reduction="sum"
+                logits.reshape(-1, logits.size(-1)).float(),
+                labels.reshape(-1),
+                ignore_index=ignore_index,
+                reduction="sum",
             ).item()
             targets += int((labels != ignore_index).sum())
     if targets == 0:
-        raise ValueError(f"task file {str(path)!r} has no target token to score within {max_seq_length} tokens (empty, or every response masked or cut off); raise --seq-len, or check the file and --mask-prompt.")
+        raise ValueError(
+            f"task file {str(path)!r} has no target token to score within {max_seq_length} tokens (empty, or every response masked or cut off); raise --seq-len, or check the file and --mask-prompt."
+        )
     mean = total / targets
     return SourceLoss(name, "sft", mean, math.exp(min(mean, 50.0)), len(examples), targets)
 
@@ -128,5 +155,8 @@ def task_loss(
 def format_source_losses(losses: list[SourceLoss], title: str) -> str:
     header = f"{'source':<14} {'type':<10} {'loss':>8} {'ppl':>12} {'blocks':>7} {'tokens':>10}"
     lines = [f"===== PER-SOURCE VALIDATION LOSS: {title} =====", header, "-" * len(header)]
-    lines += [f"{r.source:<14} {r.type:<10} {r.loss:>8.4f} {r.perplexity:>12.2f} {r.blocks:>7,} {r.tokens:>10,}" for r in losses]
+    lines += [
+        f"{r.source:<14} {r.type:<10} {r.loss:>8.4f} {r.perplexity:>12.2f} {r.blocks:>7,} {r.tokens:>10,}"
+        for r in losses
+    ]
     return "\n".join(lines)

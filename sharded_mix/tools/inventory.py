@@ -62,8 +62,14 @@ class Inventory:
         return self.notes + [f"{shard.id}: {note}" for shard in self.shards for note in shard.notes]
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "base": self.base, "shards": [asdict(s) for s in self.shards],
-                "totals_by_type": self.totals_by_type(), "problems": self.all_problems(), "notes": self.all_notes()}
+        return {
+            "label": self.label,
+            "base": self.base,
+            "shards": [asdict(s) for s in self.shards],
+            "totals_by_type": self.totals_by_type(),
+            "problems": self.all_problems(),
+            "notes": self.all_notes(),
+        }
 
 
 def _size_on_disk(path: str) -> int:
@@ -86,7 +92,9 @@ def chunk_problems(shard: Shard, verify: bool = False, vocab_size: int | None = 
     return capped(problems, CHUNK_PROBLEMS_SHOWN)
 
 
-def inspect_shard(shard_id: str, type_name: str, path: str, verify: bool = False, vocab_size: int | None = None) -> ShardReport:
+def inspect_shard(
+    shard_id: str, type_name: str, path: str, verify: bool = False, vocab_size: int | None = None
+) -> ShardReport:
     """One shard's report; what cannot be read becomes a problem, not an exception."""
     size = _size_on_disk(path)
     try:
@@ -96,17 +104,32 @@ def inspect_shard(shard_id: str, type_name: str, path: str, verify: bool = False
     try:
         shard = shard_from_index(shard_id, type_name, path, index)
     except ValueError as err:
-        return ShardReport(shard_id, type_name, path, None, None, len(index["chunks"]), index_token_dtype(index), size, (str(err),))
+        return ShardReport(
+            shard_id, type_name, path, None, None, len(index["chunks"]), index_token_dtype(index), size, (str(err),)
+        )
     notes = (NOT_VERIFIED,) if verify and not shard.plain_tokens else ()
     problems = tuple(chunk_problems(shard, verify, vocab_size))
     return ShardReport(
-        shard_id, type_name, path, shard.tokens, shard.documents, shard.chunks, shard.dtype, size, problems, notes,
+        shard_id,
+        type_name,
+        path,
+        shard.tokens,
+        shard.documents,
+        shard.chunks,
+        shard.dtype,
+        size,
+        problems,
+        notes,
         read_manifest(path),
     )
 
 
 def inspect_base(
-    base: str | Path, shard_types: dict[str, str] | None = None, label: str = "", verify: bool = False, vocab_size: int | None = None
+    base: str | Path,
+    shard_types: dict[str, str] | None = None,
+    label: str = "",
+    verify: bool = False,
+    vocab_size: int | None = None,
 ) -> Inventory:
     base = str(base)
     if not os.path.isdir(base):
@@ -122,13 +145,18 @@ def inspect_base(
     dtypes = sorted({report.dtype for report in reports if report.dtype})
     if len(dtypes) > 1:
         by_dtype = {dtype: [r.id for r in reports if r.dtype == dtype] for dtype in dtypes}
-        listing = "; ".join(f"{dtype}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}" for dtype, ids in by_dtype.items())
+        listing = "; ".join(
+            f"{dtype}: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}" for dtype, ids in by_dtype.items()
+        )
         problems.append(f"mixed token dtypes ({listing}); shards mixed in one run need one tokenizer")
     return Inventory(label or base, base, reports, problems, verify_notes(vocab_size) if verify else [])
 
 
 def inspect_data_path(
-    data_path: str | Path, shard_types: dict[str, str] | None = None, verify: bool = False, vocab_size: int | None = None
+    data_path: str | Path,
+    shard_types: dict[str, str] | None = None,
+    verify: bool = False,
+    vocab_size: int | None = None,
 ) -> list[Inventory]:
     """The base directory, or its ``train/`` and ``val/`` splits in the reference layout.
 
@@ -152,6 +180,7 @@ def _human_bytes(count: int) -> str:
 def format_inventory(inventory: Inventory) -> str:
     header = f"{'shard':<14} {'type':<10} {'tokens':>15} {'documents':>11} {'chunks':>7} {'dtype':<7} {'on disk':>10}"
     lines = [f"===== {inventory.label}: {inventory.base} =====", header, "-" * len(header)]
+
     def number(value: int | None) -> str:
         return "?" if value is None else f"{value:,}"
 
@@ -162,7 +191,9 @@ def format_inventory(inventory: Inventory) -> str:
         )
     lines.append("-" * len(header))
     for type_name, totals in inventory.totals_by_type().items():
-        lines.append(f"{'total ' + type_name:<25} {totals['tokens']:>15,} in {totals['shards']} shard(s), {_human_bytes(totals['bytes_on_disk'])}")
+        lines.append(
+            f"{'total ' + type_name:<25} {totals['tokens']:>15,} in {totals['shards']} shard(s), {_human_bytes(totals['bytes_on_disk'])}"
+        )
     built = [(s.id, describe_manifest(s.manifest)) for s in inventory.shards if s.manifest]
     if built:
         lines.append("built from (manifest.json):")

@@ -28,14 +28,19 @@ def _check_litdata_dir(target: Path, name: str) -> None:
 
 def _check_name(name: str, shard_types: dict[str, str]) -> None:
     parts = name.split("/")
-    if (len(parts) == 2 and parts[0] == MAIN_TYPE and parts[1].isdigit()) or (len(parts) == 1 and classify_shard_name(name, shard_types)):
+    if (len(parts) == 2 and parts[0] == MAIN_TYPE and parts[1].isdigit()) or (
+        len(parts) == 1 and classify_shard_name(name, shard_types)
+    ):
         return
     prefixes = ", ".join(f"{prefix}N ({type_name})" for type_name, prefix in shard_types.items())
     raise ValueError(f"--as {name}=...: {name!r} is not a shard name discovery finds; use main/N, N, or {prefixes}.")
 
 
 def plan_data_links(
-    base: str | Path, main: list[str | Path] = (), named: dict[str, str | Path] | None = None, shard_types: dict[str, str] | None = None
+    base: str | Path,
+    main: list[str | Path] = (),
+    named: dict[str, str | Path] | None = None,
+    shard_types: dict[str, str] | None = None,
 ) -> list[DataLink]:
     """The links to make: ``--main`` targets become ``main/1``, ``main/2``, ...; ``named`` maps shard names to targets."""
     types = resolve_shard_types(shard_types)
@@ -61,7 +66,9 @@ def plan_data_links(
         if link.is_symlink() and Path(os.path.realpath(link)) == target:
             links.append(DataLink(name, link, target, exists=True))
         elif link.exists() or link.is_symlink():
-            raise ValueError(f"{link} already exists and is not a link to {target}; refusing to replace it. Pick another base directory or name.")
+            raise ValueError(
+                f"{link} already exists and is not a link to {target}; refusing to replace it. Pick another base directory or name."
+            )
         else:
             links.append(DataLink(name, link, target, exists=False))
     return links

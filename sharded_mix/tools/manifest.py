@@ -22,7 +22,9 @@ def file_sha256(path: str | Path) -> str:
 
 def write_manifest(shard_dir: Path, manifest: dict[str, Any]) -> Path:
     path = Path(shard_dir) / MANIFEST_FILE
-    path.write_text(json.dumps({"format": MANIFEST_FORMAT, **manifest}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps({"format": MANIFEST_FORMAT, **manifest}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -38,7 +40,9 @@ def read_manifest(shard_dir: str | Path) -> dict[str, Any] | None:
 
 def describe_manifest(manifest: dict[str, Any]) -> str:
     """One line: split, sources, record format, selection, tokenizer and the command that built the shard."""
-    sources = [f"{Path(i['path']).name} ({i['bytes']:,} B, sha256 {i['sha256'][:12]})" for i in manifest.get("inputs", [])]
+    sources = [
+        f"{Path(i['path']).name} ({i['bytes']:,} B, sha256 {i['sha256'][:12]})" for i in manifest.get("inputs", [])
+    ]
     sources += [f"dataset {d['label']}" for d in manifest.get("datasets", [])]
     shown = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
     parts = [f"{manifest.get('split', '?')} split of {shown or 'no inputs'}", str(manifest.get("record", ""))]
@@ -47,7 +51,9 @@ def describe_manifest(manifest: dict[str, Any]) -> str:
     if picked:
         parts.append(", ".join(picked))
     tokenizer = manifest.get("tokenizer") or {}
-    parts.append(f"tokenizer {tokenizer.get('name', '?')} (vocab sha256 {str(tokenizer.get('vocab_sha256', '?'))[:12]})")
+    parts.append(
+        f"tokenizer {tokenizer.get('name', '?')} (vocab sha256 {str(tokenizer.get('vocab_sha256', '?'))[:12]})"
+    )
     if manifest.get("command"):
         parts.append(f"command: {manifest['command']}")
     return "; ".join(part for part in parts if part)

@@ -16,15 +16,31 @@ def merge_shards(inputs: list[str | Path], output: str | Path, max_workers: int 
         raise ValueError(f"--inputs: give at least two litdata directories to merge, got {len(inputs)}.")
     output = Path(output)
     if output.exists() and any(output.iterdir()):
-        raise ValueError(f"--output {str(output)!r} exists and is not empty; refusing to write into it. Pick a new directory.")
+        raise ValueError(
+            f"--output {str(output)!r} exists and is not empty; refusing to write into it. Pick a new directory."
+        )
     shards, formats = [], set()
     for path in inputs:
         index = read_index(path)
         shards.append(shard_from_index(str(path), "", path, index))
-        formats.add((index["config"].get("item_loader"), tuple(index["config"].get("data_format") or ()), index["config"].get("compression")))
+        formats.add(
+            (
+                index["config"].get("item_loader"),
+                tuple(index["config"].get("data_format") or ()),
+                index["config"].get("compression"),
+            )
+        )
     if len(formats) > 1:
         listing = "; ".join(f"{shard.path}: {shard.dtype}" for shard in shards)
-        raise ValueError(f"--inputs are not in one format (item loader, token dtype, compression): {listing}. Merge shards made with one tokenizer and settings.")
+        raise ValueError(
+            f"--inputs are not in one format (item loader, token dtype, compression): {listing}. Merge shards made with one tokenizer and settings."
+        )
     merge_datasets([str(Path(path).resolve()) for path in inputs], str(output.resolve()), max_workers=max_workers)
     merged = shard_from_index(output.name, "", output, read_index(output))
-    return {"output": str(output), "inputs": len(shards), "tokens": merged.tokens, "documents": merged.documents, "chunks": merged.chunks}
+    return {
+        "output": str(output),
+        "inputs": len(shards),
+        "tokens": merged.tokens,
+        "documents": merged.documents,
+        "chunks": merged.chunks,
+    }

@@ -46,13 +46,31 @@ from sharded_mix.tools.prepare_inputs import (
     iter_piece_rows,
     list_input_files,
 )
-from sharded_mix.tools.prepare_workers import ItemResult, ItemTask, JobSpec, TokenizerSpec, count_item, run_items, tokenize_item
+from sharded_mix.tools.prepare_workers import (
+    ItemResult,
+    ItemTask,
+    JobSpec,
+    TokenizerSpec,
+    count_item,
+    run_items,
+    tokenize_item,
+)
 from sharded_mix.tools.recipes import get_recipe
 from sharded_mix.tools.records import RecordFormat, RowFilter
 
 __all__ = [
-    "SUPPORTED_SUFFIXES", "DatasetSpec", "PrepareSummary", "file_kind", "iter_documents", "iter_file_documents",
-    "list_input_files", "load_tokenizer", "prepare_shard", "token_dtype", "val_output_for", "vocab_size_with_added",
+    "SUPPORTED_SUFFIXES",
+    "DatasetSpec",
+    "PrepareSummary",
+    "file_kind",
+    "iter_documents",
+    "iter_file_documents",
+    "list_input_files",
+    "load_tokenizer",
+    "prepare_shard",
+    "token_dtype",
+    "val_output_for",
+    "vocab_size_with_added",
     "write_token_shard",
 ]
 
@@ -178,7 +196,9 @@ def record_format(
     return fmt, (chosen.datasets if chosen else ())
 
 
-def plan_pieces(files: Sequence[Path], datasets: Sequence[DatasetSpec], fmt: RecordFormat, item_bytes: int | None) -> list[tuple[Piece, ...]]:
+def plan_pieces(
+    files: Sequence[Path], datasets: Sequence[DatasetSpec], fmt: RecordFormat, item_bytes: int | None
+) -> list[tuple[Piece, ...]]:
     total = sum(path.stat().st_size for path in files)
     size = item_bytes or default_item_bytes(total)
     pieces = [piece for path in files for piece in file_pieces(path, fmt, size)]
@@ -188,7 +208,9 @@ def plan_pieces(files: Sequence[Path], datasets: Sequence[DatasetSpec], fmt: Rec
 
 def _check_first_rows(items: Sequence[tuple[Piece, ...]], fmt: RecordFormat) -> None:
     """Fail fast, in this process, on fields the first row of the first JSONL inputs lacks (workers check the rest)."""
-    firsts = {piece.source: piece for item in items for piece in item if piece.kind.startswith(".jsonl") and piece.start == 0}
+    firsts = {
+        piece.source: piece for item in items for piece in item if piece.kind.startswith(".jsonl") and piece.start == 0
+    }
     for piece in list(firsts.values())[:FIRST_ROW_CHECKS]:
         first = next(iter_piece_rows(piece, fmt), None)
         if first is not None:
@@ -240,7 +262,9 @@ def select_documents(
     total = sum(task.stop - task.first for task in selected)
     if val_docs:
         if val_docs >= total:
-            raise ValueError(f"--val-docs {val_docs} leaves no training documents: the selection holds {total}; lower it")
+            raise ValueError(
+                f"--val-docs {val_docs} leaves no training documents: the selection holds {total}; lower it"
+            )
         base = 0
         for position, task in enumerate(selected):
             selected[position] = ItemTask(task.index, task.pieces, task.first, task.stop, base, total, val_docs)
@@ -348,7 +372,9 @@ def prepare_shard(
     files = list_input_files([Path(p) for p in inputs])
     datasets = tuple(datasets) or (recipe_datasets if not inputs else ())
     if not files and not datasets:
-        raise ValueError(f"no {'/'.join(SUPPORTED_SUFFIXES)} files in --input {[str(p) for p in inputs]} and no --dataset")
+        raise ValueError(
+            f"no {'/'.join(SUPPORTED_SUFFIXES)} files in --input {[str(p) for p in inputs]} and no --dataset"
+        )
     tokenizer = load_tokenizer(Path(tokenizer_dir))
     dtype = token_dtype(vocab_size_with_added(tokenizer))
     dtype_name = str(dtype).removeprefix("torch.")
@@ -360,10 +386,23 @@ def prepare_shard(
     if val_dir is not None:
         _clear_output_dir(val_dir, overwrite)
     workers = max(1, min(num_workers, len(items)))
-    job = JobSpec(fmt, tokenizer_spec(tokenizer, Path(tokenizer_dir), dtype), str(output_dir.resolve()),
-                  str(val_dir.resolve()) if val_dir else None, size, val_fraction)
-    logger.info("tokenizing %d work item(s) from %d file(s) and %d dataset(s) into %s (%d worker(s), %s tokens)",
-                len(items), len(files), len(datasets), output_dir, workers, dtype_name)
+    job = JobSpec(
+        fmt,
+        tokenizer_spec(tokenizer, Path(tokenizer_dir), dtype),
+        str(output_dir.resolve()),
+        str(val_dir.resolve()) if val_dir else None,
+        size,
+        val_fraction,
+    )
+    logger.info(
+        "tokenizing %d work item(s) from %d file(s) and %d dataset(s) into %s (%d worker(s), %s tokens)",
+        len(items),
+        len(files),
+        len(datasets),
+        output_dir,
+        workers,
+        dtype_name,
+    )
     hashed: list[dict] = []
     hasher = _hash_inputs(files, hashed)
     try:
@@ -382,7 +421,9 @@ def prepare_shard(
             bar.close()
         results = [by_index[task.index] for task in tasks]
         if sum(result.train.documents + result.val.documents for result in results) == 0:
-            raise ValueError(f"no non-empty documents in {', '.join(map(str, files)) or 'the datasets'}; check --input, --where")
+            raise ValueError(
+                f"no non-empty documents in {', '.join(map(str, files)) or 'the datasets'}; check --input, --where"
+            )
         _write_index(output_dir, results, "train", dtype_name, size)
         if val_dir is not None:
             if not any(result.val.documents for result in results):
@@ -399,8 +440,17 @@ def prepare_shard(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command if command is not None else shlex.join(sys.argv),
         "inputs": hashed,  # in input order: one thread hashed them one after the other
-        "datasets": [{"label": spec.label(), "name": spec.name, "config": spec.config, "split": spec.split,
-                      "data_files": list(spec.data_files), "data_dir": spec.data_dir} for spec in datasets],
+        "datasets": [
+            {
+                "label": spec.label(),
+                "name": spec.name,
+                "config": spec.config,
+                "split": spec.split,
+                "data_files": list(spec.data_files),
+                "data_dir": spec.data_dir,
+            }
+            for spec in datasets
+        ],
         "record": fmt.describe(),
         "text_field": fmt.text_field if fmt.template is None else None,
         "template": fmt.template,
@@ -417,12 +467,16 @@ def prepare_shard(
         val_summary = _summarize(val_dir, seconds)
         write_manifest(val_dir, {**common, "split": "val", **_counts(val_summary), "train_shard": str(output_dir)})
     summary = _summarize(output_dir, seconds, val_summary)
-    write_manifest(output_dir, {**common, "split": "train", **_counts(summary),
-                                "val_shard": str(val_dir) if val_dir is not None else None})
+    write_manifest(
+        output_dir,
+        {**common, "split": "train", **_counts(summary), "val_shard": str(val_dir) if val_dir is not None else None},
+    )
     return summary
 
 
-def _check_counts(num_workers: int, skip_docs: int, max_docs: int | None, val_docs: int | None, val_fraction: float | None) -> None:
+def _check_counts(
+    num_workers: int, skip_docs: int, max_docs: int | None, val_docs: int | None, val_fraction: float | None
+) -> None:
     if num_workers < 1:
         raise ValueError(f"--num-workers {num_workers} must be at least 1")
     if skip_docs < 0:
@@ -479,7 +533,6 @@ def _clear_output_dir(output_dir: Path, overwrite: bool) -> None:
         )
     logger.info("removing the old shard in %s (--overwrite)", output_dir)
     shutil.rmtree(output_dir)
-
 
 
 def write_token_shard(

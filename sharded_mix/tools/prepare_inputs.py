@@ -46,7 +46,9 @@ class DatasetSpec:
         try:
             import datasets
         except ImportError as err:
-            raise ValueError(f"--dataset {self.name!r} needs the datasets package; pip install 'sharded_mix[datasets]'") from err
+            raise ValueError(
+                f"--dataset {self.name!r} needs the datasets package; pip install 'sharded_mix[datasets]'"
+            ) from err
         kwargs: dict[str, Any] = {"split": self.split, "streaming": True}
         if self.data_files:
             kwargs["data_files"] = list(self.data_files)
@@ -55,7 +57,9 @@ class DatasetSpec:
         try:
             return datasets.load_dataset(self.name, self.config, **kwargs)
         except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
-            raise ValueError(f"--dataset {self.label()!r} cannot be loaded ({err}); check its name, config and split") from err
+            raise ValueError(
+                f"--dataset {self.label()!r} cannot be loaded ({err}); check its name, config and split"
+            ) from err
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,12 @@ def group_items(pieces: Sequence[Piece], item_bytes: int) -> list[tuple[Piece, .
         if current and size + piece.size > item_bytes:
             items.append(tuple(current))
             current, size = [], 0
-        if current and current[-1].source == piece.source and current[-1].kind == ".parquet" and current[-1].stop == piece.start:
+        if (
+            current
+            and current[-1].source == piece.source
+            and current[-1].kind == ".parquet"
+            and current[-1].stop == piece.start
+        ):
             last = current.pop()
             piece = Piece(last.source, last.kind, last.start, piece.stop, last.size + piece.size)
         current.append(piece)

@@ -150,7 +150,9 @@ class ChunkWriter:
         header_bytes = (count + 2) * HEADER_ITEM_BYTES
         offsets = header_bytes + np.concatenate([[0], np.cumsum(sizes)])
         if offsets[-1] >= 2**32:
-            raise ValueError(f"a chunk of {offsets[-1]:,} bytes does not fit TokensLoader's uint32 offsets; lower --chunk-bytes")
+            raise ValueError(
+                f"a chunk of {offsets[-1]:,} bytes does not fit TokensLoader's uint32 offsets; lower --chunk-bytes"
+            )
         header = np.concatenate([[count], offsets]).astype(np.uint32)
         name = f"chunk-{self.item}-{len(self.result.chunks)}.bin"
         with open(self.directory / name, "wb") as out:
@@ -158,7 +160,9 @@ class ChunkWriter:
             for doc in self.pending:
                 out.write(doc.tobytes())
         tokens = int(sizes.sum()) // self.dtype.itemsize
-        self.result.chunks.append({"chunk_bytes": int(offsets[-1]), "chunk_size": count, "dim": tokens, "filename": name})
+        self.result.chunks.append(
+            {"chunk_bytes": int(offsets[-1]), "chunk_size": count, "dim": tokens, "filename": name}
+        )
         self.pending, self.pending_bytes = [], 0
 
 
@@ -289,7 +293,9 @@ def run_items(
     progress_queue = context.Queue()
     pending = iter(tasks)
     running: dict[Future, ItemTask] = {}
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue, job)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue, job)
+    ) as pool:
         try:
             while True:
                 while len(running) < 2 * workers and not enough(results):

@@ -45,7 +45,9 @@ def _recipe(name: str, spec: dict[str, Any]) -> Recipe:
     if unknown:
         raise ValueError(f"recipe {name!r} has unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS)}")
     datasets = tuple(
-        DatasetSpec(d["name"], d.get("config"), d.get("split", "train"), tuple(d.get("data_files", ())), d.get("data_dir"))
+        DatasetSpec(
+            d["name"], d.get("config"), d.get("split", "train"), tuple(d.get("data_files", ())), d.get("data_dir")
+        )
         for d in spec.get("datasets", ())
     )
     aliases = tuple((key, tuple(values)) for key, values in (spec.get("aliases") or {}).items())

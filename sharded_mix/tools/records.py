@@ -16,7 +16,9 @@ from typing import Any
 FILTER_OPS = ("==", "!=", ">=", "<=", ">", "<", "endswith", "startswith", "contains", "matches", "in")
 """``--where`` operators; the word operators take a ``not-`` prefix (``not-endswith``)."""
 
-_WHERE = re.compile(r"^\s*(?P<field>[A-Za-z_][\w.-]*)\s+(?P<op>(?:not-)?(?:endswith|startswith|contains|matches|in)|==|!=|>=|<=|>|<)\s+(?P<value>.*?)\s*$")
+_WHERE = re.compile(
+    r"^\s*(?P<field>[A-Za-z_][\w.-]*)\s+(?P<op>(?:not-)?(?:endswith|startswith|contains|matches|in)|==|!=|>=|<=|>|<)\s+(?P<value>.*?)\s*$"
+)
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\\\": "\\"}
 
 
@@ -34,7 +36,7 @@ class RowFilter:
     value: str
 
     @classmethod
-    def parse(cls, text: str) -> "RowFilter":
+    def parse(cls, text: str) -> RowFilter:
         match = _WHERE.match(text)
         if match is None:
             raise ValueError(
@@ -113,11 +115,15 @@ class RecordFormat:
         try:
             parsed = list(string.Formatter().parse(self.template))
         except ValueError as err:
-            raise ValueError(f"--template {self.template!r} is not a valid template ({err}); write fields as {{name}}") from err
+            raise ValueError(
+                f"--template {self.template!r} is not a valid template ({err}); write fields as {{name}}"
+            ) from err
         parts = []
         for literal, name, spec, conversion in parsed:
             if name is not None and (spec or conversion or not re.fullmatch(r"[\w.-]+\??", name)):
-                raise ValueError(f"--template {self.template!r}: write fields as {{name}} or {{name?}}, not {{{name}...}}")
+                raise ValueError(
+                    f"--template {self.template!r}: write fields as {{name}} or {{name?}}, not {{{name}...}}"
+                )
             if name is None:
                 parts.append((literal, None, False))
             else:

@@ -37,7 +37,11 @@ def verify_chunk(shard: Shard, chunk: int, vocab_size: int | None) -> list[str]:
 
 def header_problems(shard: Shard, chunk: int, file) -> list[str]:
     """What the chunk's header (item count, offsets) gets wrong, against ``index.json`` and the file size."""
-    items, header, size = shard.chunk_items[chunk], chunk_header_bytes(shard.chunk_items[chunk]), shard.chunk_bytes(chunk)
+    items, header, size = (
+        shard.chunk_items[chunk],
+        chunk_header_bytes(shard.chunk_items[chunk]),
+        shard.chunk_bytes(chunk),
+    )
     values = np.frombuffer(file.read(header), dtype=np.uint32).astype(np.int64)
     if values.size < items + 2:
         return [f"the file ended inside its {header:,}-byte header"]
@@ -105,17 +109,23 @@ def tokenizer_vocab_size(tokenizer_dir: str | Path) -> int:
     from sharded_mix.tools.prepare import vocab_size_with_added
 
     if not Path(tokenizer_dir).is_dir():
-        raise ValueError(f"--tokenizer-dir {str(tokenizer_dir)!r} is not a directory; pass the directory litgpt's Tokenizer loads.")
+        raise ValueError(
+            f"--tokenizer-dir {str(tokenizer_dir)!r} is not a directory; pass the directory litgpt's Tokenizer loads."
+        )
     try:
         return vocab_size_with_added(Tokenizer(tokenizer_dir))
     except NotImplementedError as err:
-        raise ValueError(f"--tokenizer-dir {str(tokenizer_dir)!r} holds neither tokenizer.json nor tokenizer.model.") from err
+        raise ValueError(
+            f"--tokenizer-dir {str(tokenizer_dir)!r} holds neither tokenizer.json nor tokenizer.model."
+        ) from err
 
 
 def verify_notes(vocab_size: int | None) -> list[str]:
     """What ``--verify`` checked, for the report."""
-    bound = f"in [0, {vocab_size:,})" if vocab_size is not None else (
-        "not checked against a vocabulary (give --vocab-size or --tokenizer-dir; only negative ids are flagged)"
+    bound = (
+        f"in [0, {vocab_size:,})"
+        if vocab_size is not None
+        else ("not checked against a vocabulary (give --vocab-size or --tokenizer-dir; only negative ids are flagged)")
     )
     return [
         f"verified: every chunk header, and {SAMPLE_WINDOWS} windows of {WINDOW_TOKENS:,} tokens per chunk "

@@ -57,10 +57,28 @@ class ScheduledAdamW(torch.optim.AdamW):
         decay_start_stage: str | None = None,
     ) -> None:
         self.lr_schedule: LRSchedule = lr_schedule(
-            lr, schedule, total_steps, warmup_steps, warmup_fraction, min_lr, decay_steps, decay_shape, final_lr_ratio,
-            decay_start_step, decay_start_stage,
+            lr,
+            schedule,
+            total_steps,
+            warmup_steps,
+            warmup_fraction,
+            min_lr,
+            decay_steps,
+            decay_shape,
+            final_lr_ratio,
+            decay_start_step,
+            decay_start_stage,
         )
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, fused=fused, foreach=foreach)
+        super().__init__(
+            params,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            fused=fused,
+            foreach=foreach,
+        )
         self._stage_start: int | None = None
         if _built_by_litgpt_pretrain():
             show_lr_in_litgpt_logs(self)
@@ -82,13 +100,19 @@ class ScheduledAdamW(torch.optim.AdamW):
             return schedule.lr_at(step, decay_from=self._decay_from(step))
         if schedule.decay_start_stage is not None and self._stage_start is None:
             self._stage_start = stage_start_step(schedule.decay_start_stage)
-            logger.info("LR decay starts at step %d, where data stage %r starts", self._stage_start, schedule.decay_start_stage)
+            logger.info(
+                "LR decay starts at step %d, where data stage %r starts", self._stage_start, schedule.decay_start_stage
+            )
         return schedule.lr_at(step, stage_start=self._stage_start)
 
     def _decay_from(self, step: int) -> tuple[int, float]:
         """The step and LR this decay started from: kept in the state, else here and now (the resumed LR)."""
         schedule = self.lr_schedule
-        identity = [schedule.decay_steps, schedule.decay_shape, schedule.final_lr_ratio if schedule.final_lr_ratio is not None else schedule.min_lr]
+        identity = [
+            schedule.decay_steps,
+            schedule.decay_shape,
+            schedule.final_lr_ratio if schedule.final_lr_ratio is not None else schedule.min_lr,
+        ]
         saved = self.param_groups[0].get(DECAY_KEY)
         if saved is None or list(saved[2:]) != identity:
             saved = [step, float(self.param_groups[0]["lr"]), *identity]
@@ -96,7 +120,11 @@ class ScheduledAdamW(torch.optim.AdamW):
                 group[DECAY_KEY] = saved
             logger.info(
                 "LR decay starts at step %d from the resumed LR %g, to %g over %d steps (%s)",
-                step, saved[1], schedule.end_lr(saved[1]), schedule.decay_steps, schedule.decay_shape,
+                step,
+                saved[1],
+                schedule.end_lr(saved[1]),
+                schedule.decay_steps,
+                schedule.decay_shape,
             )
         return saved[0], saved[1]
 
@@ -137,7 +165,7 @@ def show_lr_in_litgpt_logs(optimizer: ScheduledAdamW) -> None:
     ):
         raise RuntimeError(
             f"sharded_mix.training.ScheduledAdamW: litgpt {litgpt.__version__}'s pretrain loop is not the one it was written for "
-            "(litgpt 0.5.x: `lr = get_lr(optimizer.defaults[\"lr\"], ...)` per iteration, logged as learning_rate), so the LR in "
+            '(litgpt 0.5.x: `lr = get_lr(optimizer.defaults["lr"], ...)` per iteration, logged as learning_rate), so the LR in '
             "your logs would not be the LR applied. Install litgpt>=0.5,<0.6, or use torch.optim.AdamW and litgpt's cosine."
         )
     reference = weakref.ref(optimizer)

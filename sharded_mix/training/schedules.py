@@ -14,8 +14,16 @@ from dataclasses import dataclass
 SCHEDULES = ("cosine", "wsd", "decay", "constant")
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
 SCHEDULE_ARGS = (
-    "schedule", "total_steps", "warmup_steps", "warmup_fraction", "min_lr", "decay_steps", "decay_shape",
-    "final_lr_ratio", "decay_start_step", "decay_start_stage",
+    "schedule",
+    "total_steps",
+    "warmup_steps",
+    "warmup_fraction",
+    "min_lr",
+    "decay_steps",
+    "decay_shape",
+    "final_lr_ratio",
+    "decay_start_step",
+    "decay_start_stage",
 )
 """The schedule's init args of ``ScheduledAdamW`` (besides ``lr``, the peak LR)."""
 
@@ -110,7 +118,12 @@ def _whole(value, name: str, minimum: int) -> int | None:
 def _number(value, name: str, low: float, high: float, low_open: bool = False) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low < value if low_open else low <= value) or value > high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (low < value if low_open else low <= value)
+        or value > high
+    ):
         bound = f"{'(' if low_open else '['}{low:g}, {high:g}]"
         raise ValueError(f"optimizer {name} is {value!r}; use a number in {bound}.")
     return float(value)
@@ -119,7 +132,9 @@ def _number(value, name: str, low: float, high: float, low_open: bool = False) -
 def _unused(kind: str, **given) -> None:
     extra = sorted(name for name, value in given.items() if value is not None)
     if extra:
-        raise ValueError(f"optimizer schedule {kind!r} does not use {', '.join(extra)}; drop it, or pick the schedule that does.")
+        raise ValueError(
+            f"optimizer schedule {kind!r} does not use {', '.join(extra)}; drop it, or pick the schedule that does."
+        )
 
 
 def lr_schedule(
@@ -149,27 +164,53 @@ def lr_schedule(
     decay_start_step = _whole(decay_start_step, "decay_start_step", 0)
     warmup_fraction = _number(warmup_fraction, "warmup_fraction", 0.0, 1.0)
     if decay_start_stage is not None and (not isinstance(decay_start_stage, str) or not decay_start_stage.strip()):
-        raise ValueError(f"optimizer decay_start_stage is {decay_start_stage!r}; give the name of a data stage, e.g. anneal.")
+        raise ValueError(
+            f"optimizer decay_start_stage is {decay_start_stage!r}; give the name of a data stage, e.g. anneal."
+        )
     if warmup_steps is not None and warmup_fraction is not None:
         raise ValueError("optimizer warmup_steps and warmup_fraction are both set; give one.")
     if warmup_fraction is not None:
         if total_steps is None:
-            raise ValueError(f"optimizer warmup_fraction {warmup_fraction:g} is a fraction of total_steps, which is not set; set total_steps or use warmup_steps.")
+            raise ValueError(
+                f"optimizer warmup_fraction {warmup_fraction:g} is a fraction of total_steps, which is not set; set total_steps or use warmup_steps."
+            )
         warmup_steps = int(warmup_fraction * total_steps)
     warmup_steps = warmup_steps or 0
     if decay_shape == "exponential" and final_lr_ratio is None and min_lr == 0:
-        raise ValueError("optimizer decay_shape exponential cannot reach 0; set final_lr_ratio (e.g. 0.1) or min_lr > 0.")
+        raise ValueError(
+            "optimizer decay_shape exponential cannot reach 0; set final_lr_ratio (e.g. 0.1) or min_lr > 0."
+        )
 
     if schedule in ("constant", "cosine"):
-        _unused(schedule, decay_steps=decay_steps, final_lr_ratio=final_lr_ratio, decay_start_step=decay_start_step, decay_start_stage=decay_start_stage)
+        _unused(
+            schedule,
+            decay_steps=decay_steps,
+            final_lr_ratio=final_lr_ratio,
+            decay_start_step=decay_start_step,
+            decay_start_stage=decay_start_stage,
+        )
         if schedule == "cosine" and total_steps is None:
-            raise ValueError("optimizer schedule cosine needs total_steps, the step the cosine reaches min_lr (e.g. 61035).")
+            raise ValueError(
+                "optimizer schedule cosine needs total_steps, the step the cosine reaches min_lr (e.g. 61035)."
+            )
     elif schedule == "decay":
-        _unused(schedule, total_steps=total_steps, warmup_steps=warmup_steps or None, decay_start_step=decay_start_step, decay_start_stage=decay_start_stage)
+        _unused(
+            schedule,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps or None,
+            decay_start_step=decay_start_step,
+            decay_start_stage=decay_start_stage,
+        )
         if decay_steps is None:
-            raise ValueError("optimizer schedule decay needs decay_steps, how many steps the decay lasts from the resumed step (e.g. 4500).")
+            raise ValueError(
+                "optimizer schedule decay needs decay_steps, how many steps the decay lasts from the resumed step (e.g. 4500)."
+            )
     else:
-        starts = [name for name, value in (("decay_start_step", decay_start_step), ("decay_start_stage", decay_start_stage)) if value is not None]
+        starts = [
+            name
+            for name, value in (("decay_start_step", decay_start_step), ("decay_start_stage", decay_start_stage))
+            if value is not None
+        ]
         if len(starts) > 1:
             raise ValueError("optimizer decay_start_step and decay_start_stage are both set; give one.")
         known = sum(value is not None for value in (total_steps, decay_steps, decay_start_step))
@@ -179,7 +220,9 @@ def lr_schedule(
                 "decay_steps: 6000), or decay_start_stage with decay_steps or total_steps."
             )
         if decay_start_stage is not None and decay_steps is None and total_steps is None:
-            raise ValueError("optimizer schedule wsd with decay_start_stage needs decay_steps or total_steps (where the decay ends).")
+            raise ValueError(
+                "optimizer schedule wsd with decay_start_stage needs decay_steps or total_steps (where the decay ends)."
+            )
         if known == 3 and decay_start_step + decay_steps != total_steps:
             raise ValueError(
                 f"optimizer decay_start_step {decay_start_step:,} + decay_steps {decay_steps:,} is not total_steps {total_steps:,}; "
@@ -188,9 +231,20 @@ def lr_schedule(
         if decay_start_stage is None and decay_start_step is None and decay_steps > total_steps:
             raise ValueError(f"optimizer decay_steps {decay_steps:,} is more than total_steps {total_steps:,}.")
         if decay_start_step is not None and decay_start_step < warmup_steps:
-            raise ValueError(f"optimizer decay_start_step {decay_start_step:,} is inside the warmup ({warmup_steps:,} steps); start the decay after it.")
+            raise ValueError(
+                f"optimizer decay_start_step {decay_start_step:,} is inside the warmup ({warmup_steps:,} steps); start the decay after it."
+            )
     if schedule in ("cosine", "wsd") and total_steps is not None and warmup_steps >= total_steps:
         raise ValueError(f"optimizer warmup ({warmup_steps:,} steps) is not shorter than total_steps {total_steps:,}.")
     return LRSchedule(
-        schedule, lr, total_steps, warmup_steps, min_lr, decay_steps, decay_shape, final_lr_ratio, decay_start_step, decay_start_stage,
+        schedule,
+        lr,
+        total_steps,
+        warmup_steps,
+        min_lr,
+        decay_steps,
+        decay_shape,
+        final_lr_ratio,
+        decay_start_step,
+        decay_start_stage,
     )

@@ -19,8 +19,10 @@ def publish_stage_steps(starts: Mapping[str, int]) -> None:
 def stage_start_step(name: str) -> int:
     """The first optimizer step of data stage ``name``; a ``ValueError`` if no data module published it."""
     if name not in _published:
-        known = f"the data stages are {', '.join(sorted(_published))}" if _published else (
-            "no sharded_mix.ShardedMixedDataset with stages starting at steps was set up in this run"
+        known = (
+            f"the data stages are {', '.join(sorted(_published))}"
+            if _published
+            else ("no sharded_mix.ShardedMixedDataset with stages starting at steps was set up in this run")
         )
         raise ValueError(
             f"optimizer decay_start_stage is {name!r}, but {known}; name one of its stages (e.g. anneal), or use decay_start_step."

@@ -1,0 +1,65 @@
+"""The benchmark scripts still run against the current engine (smoke runs; their timings are not checked here)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_benchmark(script: str, *args: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+def test_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "bench.json"
+    run_benchmark("bench_mixture.py", "--quick", "--workers", "0", "--repeats", "1", "--json", str(out))
+    results = json.loads(out.read_text())
+    assert results["throughput"]["0"]["ours"]["tokens"] > 0
+
+
+def test_scale_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "scale.json"
+    run_benchmark(
+        "bench_scale.py", "--quick", "--workers", "0", "--data-dir", str(tmp_path / "data"), "--json", str(out)
+    )
+    results = json.loads(out.read_text())
+    assert list(results["scales"]) == ["1B", "10B"]
+    crossing = results["scales"]["10B"]["crossing"]
+    assert crossing["crossing_batch"] is not None and crossing["chunks"] == 120
+    assert results["scales"]["10B"]["fresh"]["0"]["rss_main_mib"] > 0
+
+
+def test_startup_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "startup.json"
+    run_benchmark("bench_startup.py", "--quick", "--repeats", "1", "--json", str(out))
+    results = json.loads(out.read_text())
+    assert results["startup"]["200"]["shards"] == 200
+
+
+def test_remote_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "remote.json"
+    run_benchmark("bench_remote.py", "--quick", "--data-dir", str(tmp_path / "data"), "--json", str(out))
+    row = json.loads(out.read_text())["rows"]["0"]
+    assert row["warm"]["tokens_per_s"] > 0 and 0 < row["cold"]["downloaded_bytes"] <= row["total_bytes"]
+
+
+def test_node_share_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "nodes.json"
+    run_benchmark("bench_node_share.py", "--quick", "--data-dir", str(tmp_path / "data"), "--json", str(out))
+    one, two = json.loads(out.read_text())["rows"]
+    assert one["per_node"] == [one["total_bytes"]] and all(size < 0.75 * two["total_bytes"] for size in two["per_node"])
+
+
+def test_prepare_benchmark_small_run_completes(tmp_path):
+    out = tmp_path / "prepare.json"
+    run_benchmark(
+        "bench_prepare.py", "--tokens", "200000", "--small-files", "20", "--vocab-size", "2000", "--json", str(out)
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["case"] for row in rows] == ["one big JSONL", "20 small JSONL files"]
+    assert all(row["tokens"] == rows[0]["tokens"] > 0 and row["tokens_per_s"] > 0 for row in rows)
