@@ -120,19 +120,22 @@ def main(argv=None) -> dict:
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - started
     lines = machine_lines(results["machine"]) + [
-        f"data: main/1, main/2, c1, m1 (40/40/15/5%), {args.tokens:,} uint16 tokens in {args.chunk_bytes >> 10} KiB chunks "
-        f"({chunks} chunks, {total / 2**20:,.0f} MiB); proportional blend, blocks of {BLOCK}, batch {BATCH}, "
+        f"data: main/1, main/2, c1, m1 (40/40/15/5%), {args.tokens:,} uint16 tokens "
+        f"in {args.chunk_bytes >> 10} KiB chunks ({chunks} chunks, {total / 2**20:,.0f} MiB); "
+        f"proportional blend, blocks of {BLOCK}, batch {BATCH}, "
         f"{RANKS_PER_NODE} ranks per node, shuffle window 4, prefetch 0; one epoch",
         "",
-        "| nodes | draws (distinct blocks) | MiB per node | share of the bytes per node | 1/nodes | most above 1/nodes |",
+        "| nodes | draws (distinct blocks) | MiB per node | share of the bytes per node | 1/nodes "
+        "| most above 1/nodes |",
         "|---:|---:|---|---|---:|---:|",
     ]
     checks = []
     for row in results["rows"]:
         shares = [size / row["total_bytes"] for size in row["per_node"]]
         excess = max(size - row["total_bytes"] / row["nodes"] for size in row["per_node"])
+        sizes = ", ".join(f"{size / 2**20:,.1f}" for size in row["per_node"])
         lines.append(
-            f"| {row['nodes']} | {row['draws']:,} ({row['distinct_blocks']:,}) | {', '.join(f'{size / 2**20:,.1f}' for size in row['per_node'])} | "
+            f"| {row['nodes']} | {row['draws']:,} ({row['distinct_blocks']:,}) | {sizes} | "
             f"{', '.join(f'{share:.1%}' for share in shares)} | {1 / row['nodes']:.1%} | {excess / 2**20:,.2f} MiB |"
         )
         cuts = 2 if row["nodes"] > 2 else (1 if row["nodes"] == 2 else 0)  # chunks a node's slice shares, per source
@@ -141,10 +144,12 @@ def main(argv=None) -> dict:
     lines += ["", "| measure | value | target | result |", "|---|---:|---:|---|"]
     for nodes, most, bound, distinct in checks:
         lines.append(
-            f"| most bytes on a node, {nodes} node(s) | {most / 2**20:,.1f} MiB | <= {bound / 2**20:,.1f} MiB | {verdict(most <= bound)} |"
+            f"| most bytes on a node, {nodes} node(s) | {most / 2**20:,.1f} MiB | <= {bound / 2**20:,.1f} MiB "
+            f"| {verdict(most <= bound)} |"
         )
         lines.append(
-            f"| every block of the epoch read once, {nodes} node(s) | {'yes' if distinct else 'no'} | yes | {verdict(distinct)} |"
+            f"| every block of the epoch read once, {nodes} node(s) | {'yes' if distinct else 'no'} | yes "
+            f"| {verdict(distinct)} |"
         )
     return report(results, lines, args.json)
 

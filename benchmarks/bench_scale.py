@@ -176,34 +176,41 @@ def run_child(args: list[str]) -> dict:
 def result_lines(results: dict, args) -> list[str]:
     lines = machine_lines(results["machine"])
     lines.append(
-        f"data: blend {MIX} over main/1, main/2, c1, m1 (40/40/15/5% of the tokens), uint16 chunks of {CHUNK_TOKENS:,} tokens, "
-        f"sparse files; blocks of {BLOCK}, batch {BATCH}, {args.batches} batches after the first"
+        f"data: blend {MIX} over main/1, main/2, c1, m1 (40/40/15/5% of the tokens), "
+        f"uint16 chunks of {CHUNK_TOKENS:,} tokens, sparse files; blocks of {BLOCK}, batch {BATCH}, "
+        f"{args.batches} batches after the first"
     )
     lines += [
         "",
-        f"Fresh start (each row the median of {args.repeats} new processes by first batch; the range is over all of them)",
-        "| mixture | chunks | disk | workers | setup (s) | first batch (s) | first batch range (s) | peak RSS main (MiB) | peak RSS per worker (MiB) | val first batch (s) | main RSS after val (MiB) |",
+        f"Fresh start (each row the median of {args.repeats} new processes by first batch; "
+        "the range is over all of them)",
+        "| mixture | chunks | disk | workers | setup (s) | first batch (s) | first batch range (s) "
+        "| peak RSS main (MiB) | peak RSS per worker (MiB) | val first batch (s) | main RSS after val (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scale, per_scale in results["scales"].items():
         for workers, row in per_scale["fresh"].items():
             spread = f"{min(row['first_batch_runs_s']):.3f}-{max(row['first_batch_runs_s']):.3f}"
             worker_rss = ", ".join(f"{rss:.0f}" for rss in row["rss_workers_mib"]) or "-"
+            data = per_scale["data"]
             lines.append(
-                f"| {scale} | {per_scale['data']['chunks']:,} | {per_scale['data']['disk_mb']:.0f} MB | {workers} | {row['setup_s']:.2f} | "
-                f"{row['first_batch_s']:.3f} | {spread} | {row['rss_main_mib']:.0f} | {worker_rss} | {row['val_first_batch_s']:.2f} | {row['rss_main_after_val_mib']:.0f} |"
+                f"| {scale} | {data['chunks']:,} | {data['disk_mb']:.0f} MB | {workers} | {row['setup_s']:.2f} | "
+                f"{row['first_batch_s']:.3f} | {spread} | {row['rss_main_mib']:.0f} | {worker_rss} | "
+                f"{row['val_first_batch_s']:.2f} | {row['rss_main_after_val_mib']:.0f} |"
             )
     lines += [
         "",
         f"Epoch crossing of main/1, workers=0 (resumed {CROSS_BEFORE} draws before the end of its epoch 2)",
-        "| mixture | main/1 blocks | main/1 chunks | crossing batch (ms) | median batch (ms) | new epoch order + first window (ms) | first batch after resume (ms) |",
+        "| mixture | main/1 blocks | main/1 chunks | crossing batch (ms) | median batch (ms) "
+        "| new epoch order + first window (ms) | first batch after resume (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for scale, per_scale in results["scales"].items():
         row = per_scale["crossing"]
         lines.append(
-            f"| {scale} | {row['blocks']:,} | {row['chunks']:,} | {row['crossing_batch_ms']:.2f} | {row['median_batch_ms']:.3f} | "
-            f"{row['new_epoch_order_ms']:.2f} | {row['first_batch_after_resume_ms']:.1f} |"
+            f"| {scale} | {row['blocks']:,} | {row['chunks']:,} | {row['crossing_batch_ms']:.2f} "
+            f"| {row['median_batch_ms']:.3f} | {row['new_epoch_order_ms']:.2f} "
+            f"| {row['first_batch_after_resume_ms']:.1f} |"
         )
     small, large = list(results["scales"])[0], list(results["scales"])[-1]
     lines += ["", "Targets", "| measure | value | target | result |", "|---|---:|---:|---|"]
@@ -212,10 +219,12 @@ def result_lines(results: dict, args) -> list[str]:
         first = top["first_batch_s"]
         ratio = first / base["first_batch_s"]
         lines.append(
-            f"| first batch at {large}, workers={workers} | {first:.3f} s | <= {TARGET_FIRST_BATCH_S:g} s | {verdict(first <= TARGET_FIRST_BATCH_S)} |"
+            f"| first batch at {large}, workers={workers} | {first:.3f} s | <= {TARGET_FIRST_BATCH_S:g} s "
+            f"| {verdict(first <= TARGET_FIRST_BATCH_S)} |"
         )
         lines.append(
-            f"| first batch {large} / {small}, workers={workers} | {ratio:.2f}x | <= {TARGET_FIRST_BATCH_RATIO:g}x | {verdict(ratio <= TARGET_FIRST_BATCH_RATIO)} |"
+            f"| first batch {large} / {small}, workers={workers} | {ratio:.2f}x | <= {TARGET_FIRST_BATCH_RATIO:g}x "
+            f"| {verdict(ratio <= TARGET_FIRST_BATCH_RATIO)} |"
         )
         for label, key in (("main", "rss_main_mib"), ("workers (max)", "rss_workers_mib")):
             before, after = base[key], top[key]
@@ -225,7 +234,8 @@ def result_lines(results: dict, args) -> list[str]:
                 before, after = max(before), max(after)
             delta = after - before
             lines.append(
-                f"| peak RSS {label} {large} - {small}, workers={workers} | {delta:+.0f} MiB | <= {TARGET_RSS_DELTA_MIB:g} MiB | "
+                f"| peak RSS {label} {large} - {small}, workers={workers} | {delta:+.0f} MiB "
+                f"| <= {TARGET_RSS_DELTA_MIB:g} MiB | "
                 f"{verdict(delta <= TARGET_RSS_DELTA_MIB)} |"
             )
     crossing = (
@@ -233,7 +243,8 @@ def result_lines(results: dict, args) -> list[str]:
         - results["scales"][large]["crossing"]["median_batch_ms"]
     )
     lines.append(
-        f"| epoch crossing at {large} (crossing batch - median batch) | {crossing:.2f} ms | <= {TARGET_CROSSING_MS:g} ms | {verdict(crossing <= TARGET_CROSSING_MS)} |"
+        f"| epoch crossing at {large} (crossing batch - median batch) | {crossing:.2f} ms "
+        f"| <= {TARGET_CROSSING_MS:g} ms | {verdict(crossing <= TARGET_CROSSING_MS)} |"
     )
     return lines
 

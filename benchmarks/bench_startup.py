@@ -124,7 +124,8 @@ def report(results: dict) -> list[str]:
         "Start-up: discover_shards + resolve_weights + mixture_loader + first batch, num_workers=0 (median of repeats)"
     )
     lines.append(
-        "| shards | discover (s) | weights (s) | loader (s) | first batch (s) | total (s) | data module setup+first batch (s) |"
+        "| shards | discover (s) | weights (s) | loader (s) | first batch (s) | total (s) "
+        "| data module setup+first batch (s) |"
     )
     lines.append("|---:|---:|---:|---:|---:|---:|---:|")
     for n, row in results["startup"].items():
@@ -206,7 +207,8 @@ def main(argv=None) -> dict:
             row["build_s"] = built
             startup[str(n)] = row
             log(
-                f"      {n} shards (built in {built:.1f} s): total {row['total_all_s']}, data module {row['datamodule_total_s']:.3f} s"
+                f"      {n} shards (built in {built:.1f} s): total {row['total_all_s']}, "
+                f"data module {row['datamodule_total_s']:.3f} s"
             )
         results["startup"] = startup
     results["machine"]["loadavg_end"] = os.getloadavg()

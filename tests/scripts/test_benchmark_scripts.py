@@ -15,11 +15,20 @@ def run_benchmark(script: str, *args: str) -> None:
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
 
-def test_benchmark_quick_run_completes(tmp_path):
-    out = tmp_path / "bench.json"
-    run_benchmark("bench_mixture.py", "--quick", "--workers", "0", "--repeats", "1", "--json", str(out))
+def test_throughput_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "throughput.json"
+    run_benchmark("bench_throughput.py", "--quick", "--workers", "0", "--json", str(out))
     results = json.loads(out.read_text())
     assert results["throughput"]["0"]["ours"]["tokens"] > 0
+    assert results["data"]["memmap_blocks_verified"] > 0
+
+
+def test_first_batch_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "first_batch.json"
+    run_benchmark("bench_first_batch.py", "--quick", "--workers", "0", "--repeats", "1", "--json", str(out))
+    results = json.loads(out.read_text())
+    row = results["first_batch"]["0"]
+    assert row["fresh_s"] > 0 and row["resumed_s"] > 0 and results["resumed_state"]["max_blend_drift"] < 1
 
 
 def test_scale_benchmark_quick_run_completes(tmp_path):
