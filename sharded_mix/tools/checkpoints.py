@@ -1,4 +1,5 @@
-"""LitGPT run directories: their checkpoints, linking them into a midtraining run, and the data position saved in them."""
+"""LitGPT run directories: their checkpoints, linking them into a midtraining run, and the data position saved in
+them."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def checkpoint_file_problem(path: str | Path) -> str | None:
 
 
 def newest_loadable_checkpoint(out_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest complete ``step-*/lit_model.pth`` in a LitGPT ``out_dir``, and the newer ones skipped, newest first, with why.
+    """The newest complete ``step-*/lit_model.pth`` in a LitGPT ``out_dir``, and the newer ones skipped (newest
+    first, with why).
 
     A missing ``out_dir`` or one without ``step-*`` directories gives ``(None, [])``.
     """
@@ -93,7 +95,10 @@ class CheckpointLink:
 
 
 def plan_checkpoint_links(pretrain_dir: str | Path, midtrain_dir: str | Path, step: int) -> list[CheckpointLink]:
-    """Links ``midtrain_dir/step-N -> pretrain_dir/step-N`` for every checkpoint up to ``step``; ``ValueError`` on conflicts."""
+    """Links ``midtrain_dir/step-N -> pretrain_dir/step-N`` for every checkpoint up to ``step``.
+
+    Raises ``ValueError`` on conflicts.
+    """
     pretrain_dir, midtrain_dir = Path(pretrain_dir), Path(midtrain_dir)
     steps = checkpoint_steps(pretrain_dir)
     if not steps:
@@ -107,7 +112,8 @@ def plan_checkpoint_links(pretrain_dir: str | Path, midtrain_dir: str | Path, st
         )
     if midtrain_dir.resolve() == pretrain_dir.resolve():
         raise ValueError(
-            f"the midtraining out_dir {str(midtrain_dir)!r} is the pretraining run's; give the midtraining run its own out_dir."
+            f"the midtraining out_dir {str(midtrain_dir)!r} is the pretraining run's; "
+            "give the midtraining run its own out_dir."
         )
     links = []
     for number, directory in steps.items():
@@ -164,10 +170,11 @@ def read_data_position(path: str | Path) -> dict:
     state = checkpoint.get("train_dataloader")
     if not isinstance(state, dict) or "sources" not in state:
         raise ValueError(
-            f"{str(checkpoint_file)!r} holds no sharded_mix data state; was it trained with sharded_mix.ShardedMixedDataset?"
+            f"{str(checkpoint_file)!r} holds no sharded_mix data state; "
+            "was it trained with sharded_mix.ShardedMixedDataset?"
         )
     try:
-        validate_state(state)
+        state = validate_state(state)
     except ValueError as err:
         raise ValueError(f"{str(checkpoint_file)!r}: {err}") from None
     return {
@@ -183,7 +190,8 @@ def format_data_position(position: dict) -> str:
     state = position["data"]
     lines = [
         f"checkpoint {position['checkpoint']}: iter_num {position['iter_num']}, step_count {position['step_count']}",
-        f"{state['samples']:,} samples per rank on {state['world_size']} rank(s) on {state.get('nodes', 1)} node(s), blocks of {state['block_size']} tokens, {saved_ordering(state).describe()}",
+        f"{state['samples']:,} samples per rank on {state['world_size']} rank(s) on {state['nodes']} node(s), "
+        f"blocks of {state['block_size']} tokens, {saved_ordering(state).describe()}",
     ]
     trained = (position["iter_num"] or 0) * state.get("batch_size", 0)
     if 0 < trained < state["samples"]:
@@ -207,6 +215,7 @@ def format_data_position(position: dict) -> str:
             note = "; ".join(filter(None, [note, position.split.describe()]))
         where = f"{entry['position']:,} / {entry['blocks']:,}"
         lines.append(
-            f"{source:<14} {weight:>8} {entry['epoch']:>6} {where:>20} {entry['draws']:>14,} {entry['tokens']:>16,}  {note}".rstrip()
+            f"{source:<14} {weight:>8} {entry['epoch']:>6} {where:>20} {entry['draws']:>14,} "
+            f"{entry['tokens']:>16,}  {note}".rstrip()
         )
     return "\n".join(lines)

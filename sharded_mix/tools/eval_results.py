@@ -56,7 +56,9 @@ def _task_rows(checkpoint: str, task: str, metrics: dict, is_group: bool) -> lis
 
 
 def parse_results(results: dict, checkpoint: str) -> list[EvalRow]:
-    """The rows of one lm-eval results dict (``{"results": {task: {"acc,none": ..., ...}}, "groups": ...}``), in its task order.
+    """The rows of one lm-eval results dict, in its task order.
+
+    The dict is ``{"results": {task: {"acc,none": ..., ...}}, "groups": ...}``.
 
     Subtasks (mmlu's) are rows of their own; groups, also when they appear only under ``"groups"``, have ``is_group``.
     """
@@ -95,7 +97,8 @@ def checkpoint_dirs(eval_dir: str | Path) -> list[Path]:
     eval_dir = Path(eval_dir)
     if not eval_dir.is_dir():
         raise ValueError(
-            f"eval dir {str(eval_dir)!r} is not a directory; give the --eval-dir of eval_checkpoints.sh (default RUN_DIR/eval)"
+            f"eval dir {str(eval_dir)!r} is not a directory; "
+            "give the --eval-dir of eval_checkpoints.sh (default RUN_DIR/eval)"
         )
     found = [
         entry

@@ -95,7 +95,8 @@ def load_tokenizer(checkpoint: str | Path):
         return Tokenizer(directory)
     except (NotImplementedError, FileNotFoundError) as err:
         raise ValueError(
-            f"{str(directory)!r} holds no tokenizer LitGPT can load ({err}); task files need one, give a checkpoint with tokenizer files."
+            f"{str(directory)!r} holds no tokenizer LitGPT can load ({err}); "
+            "task files need one, give a checkpoint with tokenizer files."
         ) from None
 
 
@@ -125,7 +126,7 @@ def task_loss(
     import torch
     from litgpt.data import get_sft_collate_fn
 
-    from sharded_mix.sft import encode_task
+    from sharded_mix.streaming.sft_examples import encode_task
 
     max_seq_length = max_seq_length or model.config.block_size
     task = encode_task(name, path, tokenizer, prompt_style, mask_prompt, ignore_index, max_seq_length)
@@ -146,7 +147,8 @@ def task_loss(
             targets += int((labels != ignore_index).sum())
     if targets == 0:
         raise ValueError(
-            f"task file {str(path)!r} has no target token to score within {max_seq_length} tokens (empty, or every response masked or cut off); raise --seq-len, or check the file and --mask-prompt."
+            f"task file {str(path)!r} has no target token to score within {max_seq_length} tokens "
+            "(empty, or every response masked or cut off); raise --seq-len, or check the file and --mask-prompt."
         )
     mean = total / targets
     return SourceLoss(name, "sft", mean, math.exp(min(mean, 50.0)), len(examples), targets)

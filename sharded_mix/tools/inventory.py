@@ -192,7 +192,8 @@ def format_inventory(inventory: Inventory) -> str:
     lines.append("-" * len(header))
     for type_name, totals in inventory.totals_by_type().items():
         lines.append(
-            f"{'total ' + type_name:<25} {totals['tokens']:>15,} in {totals['shards']} shard(s), {_human_bytes(totals['bytes_on_disk'])}"
+            f"{'total ' + type_name:<25} {totals['tokens']:>15,} in {totals['shards']} shard(s), "
+            f"{_human_bytes(totals['bytes_on_disk'])}"
         )
     built = [(s.id, describe_manifest(s.manifest)) for s in inventory.shards if s.manifest]
     if built:

@@ -42,7 +42,10 @@ def plan_data_links(
     named: dict[str, str | Path] | None = None,
     shard_types: dict[str, str] | None = None,
 ) -> list[DataLink]:
-    """The links to make: ``--main`` targets become ``main/1``, ``main/2``, ...; ``named`` maps shard names to targets."""
+    """The links to make: ``--main`` targets become ``main/1``, ``main/2``, ...
+
+    ``named`` maps shard names to targets.
+    """
     types = resolve_shard_types(shard_types)
     base = Path(base)
     wanted: dict[str, Path] = {}
@@ -67,7 +70,8 @@ def plan_data_links(
             links.append(DataLink(name, link, target, exists=True))
         elif link.exists() or link.is_symlink():
             raise ValueError(
-                f"{link} already exists and is not a link to {target}; refusing to replace it. Pick another base directory or name."
+                f"{link} already exists and is not a link to {target}; refusing to replace it. "
+                "Pick another base directory or name."
             )
         else:
             links.append(DataLink(name, link, target, exists=False))

@@ -33,7 +33,8 @@ def merge_shards(inputs: list[str | Path], output: str | Path, max_workers: int 
     if len(formats) > 1:
         listing = "; ".join(f"{shard.path}: {shard.dtype}" for shard in shards)
         raise ValueError(
-            f"--inputs are not in one format (item loader, token dtype, compression): {listing}. Merge shards made with one tokenizer and settings."
+            f"--inputs are not in one format (item loader, token dtype, compression): {listing}. "
+            "Merge shards made with one tokenizer and settings."
         )
     merge_datasets([str(Path(path).resolve()) for path in inputs], str(output.resolve()), max_workers=max_workers)
     merged = shard_from_index(output.name, "", output, read_index(output))

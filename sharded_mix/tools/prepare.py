@@ -6,31 +6,24 @@ token array per document, in chunk files of litdata's TokensLoader layout, liste
 (``prepare_inputs``) that worker processes tokenize in parallel (``prepare_workers``), so N workers are busy
 however many files there are. Documents are numbered in the global input order: ``skip_docs``/``max_docs``
 select a range of them, exactly, and the validation split is decided per document (a hash of its text for
-``val_fraction``; ``val_docs`` evenly spread document numbers). This module logs and never prints (the
-progress bar aside).
+``val_fraction``; ``val_docs`` evenly spread document numbers). The tokenizer checks live in
+``prepare_tokenizer``; output directories, ``index.json`` and `write_token_shard` in ``prepare_output``.
+This module logs and never prints (the progress bar aside).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
 import shlex
 import shutil
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sharded_mix.config import parse_size
-from sharded_mix.shards import shard_from_index
-from sharded_mix.streaming.discovery import read_index
 from sharded_mix.tools.manifest import file_sha256, write_manifest
 from sharded_mix.tools.prepare_inputs import (
     SUPPORTED_SUFFIXES,
@@ -46,15 +39,22 @@ from sharded_mix.tools.prepare_inputs import (
     iter_piece_rows,
     list_input_files,
 )
-from sharded_mix.tools.prepare_workers import (
-    ItemResult,
-    ItemTask,
-    JobSpec,
-    TokenizerSpec,
-    count_item,
-    run_items,
-    tokenize_item,
+from sharded_mix.tools.prepare_output import (
+    PrepareSummary,
+    clear_output_dir,
+    summarize_shard,
+    val_output_for,
+    write_index,
+    write_token_shard,
 )
+from sharded_mix.tools.prepare_tokenizer import (
+    load_tokenizer,
+    token_dtype,
+    tokenizer_record,
+    tokenizer_spec,
+    vocab_size_with_added,
+)
+from sharded_mix.tools.prepare_workers import ItemTask, JobSpec, count_item, run_items, tokenize_item
 from sharded_mix.tools.recipes import get_recipe
 from sharded_mix.tools.records import RecordFormat, RowFilter
 
@@ -76,103 +76,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-UINT16_VOCAB_LIMIT = 2**16
 FIRST_ROW_CHECKS = 16
-_SHARD_ENTRY = re.compile(r"^(index\.json|manifest\.json|\d+\.index\.json|chunk-.*\.bin|\.checkpoints)$")
-_TOKENS_DTYPE_CODE = {"uint16": 20, "int32": 16}
-"""litdata's ``no_header_tensor:<code>`` for the token dtypes we write (``litdata.constants._TORCH_DTYPES_MAPPING``)."""
-
-
-@dataclass(frozen=True)
-class PrepareSummary:
-    """What `prepare_shard` wrote, counted from the shard's `index.json`; ``val`` is the held-out shard, if any."""
-
-    output_dir: Path
-    documents: int
-    tokens: int
-    chunks: int
-    dtype: str
-    seconds: float
-    val: PrepareSummary | None = None
-
-    def describe(self) -> str:
-        """Human text: one line per shard written."""
-        line = (
-            f"wrote {self.output_dir}: {self.documents:,} documents, {self.tokens:,} tokens "
-            f"({self.dtype}) in {self.chunks} chunk(s), {self.seconds:.1f}s"
-        )
-        if self.val is not None:
-            line += f"\nwrote {self.val.output_dir} (val): {self.val.documents:,} documents, {self.val.tokens:,} tokens"
-            line += f" in {self.val.chunks} chunk(s)"
-        return line
-
-
-def val_output_for(output_dir: Path) -> Path:
-    """Where the val shard of ``output_dir`` goes: ``BASE/val/<id>`` (``data/val/main/1`` for ``data/main/1``).
-
-    A train base named ``train`` (``data/train/c1``) puts it in the sibling ``data/val/c1`` instead.
-    """
-    output_dir = Path(output_dir)
-    if output_dir.parent.name == "main" and output_dir.name.isdigit():
-        base, shard_id = output_dir.parent.parent, Path("main") / output_dir.name
-    else:
-        base, shard_id = output_dir.parent, Path(output_dir.name)
-    val_base = base.parent / "val" if base.name == "train" else base / "val"
-    return val_base / shard_id
-
-
-# ----------------------------------------------------------------------------- tokenizer
-
-
-def load_tokenizer(tokenizer_dir: Path) -> Any:
-    """litgpt's Tokenizer for `tokenizer_dir`; raises ValueError when it is missing or has no EOS token."""
-    from litgpt.tokenizer import Tokenizer
-
-    tokenizer_dir = Path(tokenizer_dir)
-    if not tokenizer_dir.is_dir():
-        raise ValueError(f"--tokenizer-dir {str(tokenizer_dir)!r} is not a directory; pass a litgpt checkpoint dir")
-    try:
-        tokenizer = Tokenizer(tokenizer_dir)
-    except NotImplementedError as err:
-        raise ValueError(
-            f"--tokenizer-dir {str(tokenizer_dir)!r} holds neither tokenizer.json nor tokenizer.model; "
-            "pass a directory with one of them"
-        ) from err
-    if tokenizer.eos_id is None:
-        raise ValueError(
-            f"the tokenizer in {tokenizer_dir} has no EOS token; set 'eos_token' in its tokenizer_config.json "
-            "(or 'eos_token_id' in generation_config.json)"
-        )
-    return tokenizer
-
-
-def vocab_size_with_added(tokenizer: Any) -> int:
-    """Largest token id + 1, added/special tokens included."""
-    if tokenizer.backend == "huggingface":
-        vocab = tokenizer.processor.get_vocab(with_added_tokens=True)
-        size = max(max(vocab.values(), default=-1) + 1, tokenizer.processor.get_vocab_size(with_added_tokens=True))
-    else:
-        size = tokenizer.processor.vocab_size()
-    special = [i for i in (tokenizer.bos_id, tokenizer.eos_id) if i is not None]
-    return max([size] + [i + 1 for i in special])
-
-
-def token_dtype(vocab_size: int) -> torch.dtype:
-    """uint16 when every id fits in 16 bits, else int32."""
-    return torch.uint16 if vocab_size <= UINT16_VOCAB_LIMIT else torch.int32
-
-
-def tokenizer_spec(tokenizer: Any, tokenizer_dir: Path, dtype: torch.dtype) -> TokenizerSpec:
-    """What worker processes need to tokenize like ``tokenizer.encode(text, eos=True)``."""
-    name = "tokenizer.json" if tokenizer.backend == "huggingface" else "tokenizer.model"
-    return TokenizerSpec(
-        tokenizer.backend,
-        str((Path(tokenizer_dir) / name).resolve()),
-        int(tokenizer.eos_id),
-        None if tokenizer.bos_id is None else int(tokenizer.bos_id),
-        bool(tokenizer.use_bos),
-        str(dtype).removeprefix("torch."),
-    )
 
 
 # ----------------------------------------------------------------------------- the record format and inputs
@@ -275,25 +179,6 @@ def select_documents(
 # ----------------------------------------------------------------------------- writing the shard
 
 
-def _write_index(directory: Path, results: Sequence[ItemResult], split: str, dtype: str, chunk_bytes: int) -> None:
-    chunks = [chunk for result in results for chunk in getattr(result, split).chunks]
-    config = {
-        "chunk_bytes": chunk_bytes,
-        "chunk_size": None,
-        "compression": None,
-        "compression_batch_size": None,
-        "compression_level": None,
-        "data_format": [f"no_header_tensor:{_TOKENS_DTYPE_CODE[dtype]}"],
-        "data_spec": json.dumps([1, {"type": None, "context": None, "children_spec": []}]),
-        "encryption": None,
-        "ipc_compression": None,
-        "item_loader": "TokensLoader",
-        "types": "tensor",
-    }
-    index = {"chunks": chunks, "config": config, "updated_at": str(time.time())}
-    (directory / "index.json").write_text(json.dumps(index, sort_keys=True), encoding="utf-8")
-
-
 class _Progress:
     """A tqdm bar of documents with tokens and tokens/s, summed over workers."""
 
@@ -382,9 +267,9 @@ def prepare_shard(
     _check_first_rows(items, fmt)
     held_out = val_docs is not None or val_fraction is not None
     val_dir = Path(val_output) if val_output is not None else val_output_for(output_dir) if held_out else None
-    _clear_output_dir(output_dir, overwrite)
+    clear_output_dir(output_dir, overwrite)
     if val_dir is not None:
-        _clear_output_dir(val_dir, overwrite)
+        clear_output_dir(val_dir, overwrite)
     workers = max(1, min(num_workers, len(items)))
     job = JobSpec(
         fmt,
@@ -424,11 +309,11 @@ def prepare_shard(
             raise ValueError(
                 f"no non-empty documents in {', '.join(map(str, files)) or 'the datasets'}; check --input, --where"
             )
-        _write_index(output_dir, results, "train", dtype_name, size)
+        write_index(output_dir, results, "train", dtype_name, size)
         if val_dir is not None:
             if not any(result.val.documents for result in results):
                 raise ValueError("the validation split is empty; raise --val-fraction or pass --val-docs")
-            _write_index(val_dir, results, "val", dtype_name, size)
+            write_index(val_dir, results, "val", dtype_name, size)
     except BaseException:
         shutil.rmtree(output_dir, ignore_errors=True)
         if val_dir is not None:
@@ -458,18 +343,18 @@ def prepare_shard(
         "where": [str(f) for f in fmt.where],
         "recipe": recipe,
         "selection": {"skip_docs": skip_docs, "max_docs": max_docs, "val_docs": val_docs, "val_fraction": val_fraction},
-        "tokenizer": _tokenizer_record(tokenizer, Path(tokenizer_dir)),
+        "tokenizer": tokenizer_record(tokenizer, Path(tokenizer_dir)),
         "dtype": dtype_name,
         "work_items": len(items),
     }
     val_summary = None
     if val_dir is not None:
-        val_summary = _summarize(val_dir, seconds)
-        write_manifest(val_dir, {**common, "split": "val", **_counts(val_summary), "train_shard": str(output_dir)})
-    summary = _summarize(output_dir, seconds, val_summary)
+        val_summary = summarize_shard(val_dir, seconds)
+        write_manifest(val_dir, {**common, "split": "val", **val_summary.counts(), "train_shard": str(output_dir)})
+    summary = summarize_shard(output_dir, seconds, val_summary)
     write_manifest(
         output_dir,
-        {**common, "split": "train", **_counts(summary), "val_shard": str(val_dir) if val_dir is not None else None},
+        {**common, "split": "train", **summary.counts(), "val_shard": str(val_dir) if val_dir is not None else None},
     )
     return summary
 
@@ -489,86 +374,3 @@ def _check_counts(
         raise ValueError(f"--val-docs {val_docs} must be at least 1")
     if val_fraction is not None and not 0 < val_fraction < 1:
         raise ValueError(f"--val-fraction {val_fraction} must be between 0 and 1 (exclusive), e.g. 0.01")
-
-
-def _tokenizer_record(tokenizer: Any, tokenizer_dir: Path) -> dict[str, Any]:
-    name = "tokenizer.json" if tokenizer.backend == "huggingface" else "tokenizer.model"
-    return {
-        "name": tokenizer_dir.resolve().name,
-        "dir": str(tokenizer_dir.resolve()),
-        "backend": tokenizer.backend,
-        "vocab_file": name,
-        "vocab_sha256": hashlib.sha256((tokenizer_dir / name).read_bytes()).hexdigest(),
-        "vocab_size": vocab_size_with_added(tokenizer),
-        "eos_id": tokenizer.eos_id,
-        "bos_id": tokenizer.bos_id,
-        "use_bos": bool(tokenizer.use_bos),
-    }
-
-
-def _counts(summary: PrepareSummary) -> dict[str, int]:
-    return {"documents": summary.documents, "tokens": summary.tokens, "chunks": summary.chunks}
-
-
-def _clear_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Make sure `output_dir` is absent or empty, deleting an old shard only when `overwrite`."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"--output {str(output_dir)!r} is a file; pass a directory path")
-    if not output_dir.exists():
-        return
-    entries = sorted(output_dir.iterdir())
-    if not entries:
-        return
-    what = "a shard (index.json)" if (output_dir / "index.json").exists() else f"{len(entries)} entries"
-    if not overwrite:
-        raise FileExistsError(
-            f"--output {str(output_dir)!r} already holds {what}; "
-            "pass --overwrite to replace it or pick another --output"
-        )
-    foreign = [entry.name for entry in entries if not _SHARD_ENTRY.match(entry.name)]
-    if foreign:
-        raise FileExistsError(
-            f"--overwrite refuses to delete {str(output_dir)!r}: it holds {foreign[:3]}, which are not litdata shard "
-            "files; remove them yourself or pick another --output"
-        )
-    logger.info("removing the old shard in %s (--overwrite)", output_dir)
-    shutil.rmtree(output_dir)
-
-
-def write_token_shard(
-    path: str | Path,
-    documents: Sequence,
-    chunk_bytes: int | str = "64MB",
-    dtype: torch.dtype = torch.int32,
-    compression: str | None = None,
-) -> Path:
-    """Write ``documents`` (arrays of token ids; one array = one document) as a litdata token shard at ``path``.
-
-    Runs in this process. For token ids you already have (tests, benchmarks, converted corpora); text goes
-    through ``prepare_shard``. ``compression="zstd"`` compresses whole chunk files (needs the ``zstd`` package).
-    """
-    import numpy as np
-    from litdata import TokensLoader
-    from litdata.streaming.writer import BinaryWriter
-
-    if isinstance(documents, np.ndarray) and documents.ndim == 1:
-        documents = [documents]
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    writer = BinaryWriter(
-        str(path),
-        chunk_bytes=chunk_bytes,
-        item_loader=TokensLoader(),
-        compression=compression,
-        compression_level="chunk" if compression else None,
-    )
-    for index, document in enumerate(documents):
-        writer[index] = torch.as_tensor(np.asarray(document), dtype=dtype)
-    writer.done()
-    writer.merge()
-    return path
-
-
-def _summarize(output_dir: Path, seconds: float, val: PrepareSummary | None = None) -> PrepareSummary:
-    shard = shard_from_index(output_dir.name, "", output_dir, read_index(output_dir))
-    return PrepareSummary(output_dir, shard.documents, shard.tokens, shard.chunks, shard.dtype, seconds, val)

@@ -1,4 +1,7 @@
-"""training_scripts/small_model_pretrain.sh run directly with bash (no SLURM), with a fake litgpt that records its arguments."""
+"""training_scripts/small_model_pretrain.sh run directly with bash (no SLURM).
+
+A fake litgpt records its arguments.
+"""
 
 import os
 import subprocess
@@ -56,8 +59,8 @@ def test_relaunch_resumes_from_the_newest_complete_checkpoint(task, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert litgpt_args == ["pretrain", "--config", "run.yaml", "--resume", "out/run/step-00000010/lit_model.pth"]
     assert (
-        "skipping out/run/step-00000020/lit_model.pth: truncated (not a complete zip file); falling back to an earlier step"
-        in result.stderr
+        "skipping out/run/step-00000020/lit_model.pth: truncated (not a complete zip file); "
+        "falling back to an earlier step" in result.stderr
     )
     assert (
         "relaunch: resuming from out/run/step-00000010/lit_model.pth, the newest complete checkpoint in out_dir"
@@ -72,7 +75,8 @@ def test_no_complete_checkpoint_fails_instead_of_starting_over(task, tmp_path):
     assert result.returncode == 2 and litgpt_args is None
     assert "skipping out/run/step-00000010/lit_model.pth: empty (0 bytes)\n" in result.stderr
     assert (
-        "error: task 1: out/run has step-* directories (step-00000010 step-00000020) but no complete checkpoint in them "
+        "error: task 1: out/run has step-* directories (step-00000010 step-00000020) "
+        "but no complete checkpoint in them "
         "(the lines above say why), so the run neither resumes nor restarts over them. Restore a checkpoint, or delete "
         "those step-* directories to start the run over from the config's own resume setting."
     ) in result.stderr

@@ -28,9 +28,9 @@ def test_the_array_covers_checkpoints_times_tasks_times_seeds(tmp_path):
     assert (
         "--data.train_data g/train.json --data.val_data g/val.json --data.mask_prompt true --train.epochs 4" in finetune
     )
-    assert (
-        score
-        == "sharded-mix val-loss out/sft/b_step-00001000/gsm8k/seed-3/final g/val.json l/val.jsonl c4/val --json --mask-prompt > out/sft/b_step-00001000/gsm8k/seed-3/val_loss.json"
+    assert score == (
+        "sharded-mix val-loss out/sft/b_step-00001000/gsm8k/seed-3/final g/val.json l/val.jsonl c4/val "
+        "--json --mask-prompt > out/sft/b_step-00001000/gsm8k/seed-3/val_loss.json"
     )
     lima = grid(tmp_path, "--index", "1", "--dry-run").stdout
     assert "a_final/lima/seed-1" in lima and "--data.mask_prompt false" in lima and "--mask-prompt" not in lima

@@ -145,7 +145,8 @@ def test_every_truncation_is_caught_and_torch_cannot_load_it(tmp_path):
     for size in [*range(0, len(data), 97), len(data) - 1]:
         path.write_bytes(data[:size])
         assert checkpoint_file_problem(path) is not None, size
-        with pytest.raises(Exception):
+        # empty: EOFError; no zip central directory: RuntimeError; a cut central directory: OSError (Errno 22)
+        with pytest.raises((EOFError, RuntimeError, OSError)):
             torch.load(path, weights_only=True)
 
 

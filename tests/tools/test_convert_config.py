@@ -107,7 +107,8 @@ def expected(stop: dict, schedule: dict, resume: str | None = None, **train) -> 
 DROPPED = object()
 
 DATA_NOTES = [
-    "data.class_path: 'litgpt.data.ShardedMixedDataset' -> 'sharded_mix.ShardedMixedDataset' (upstream litgpt has no ShardedMixedDataset).",
+    "data.class_path: 'litgpt.data.ShardedMixedDataset' -> 'sharded_mix.ShardedMixedDataset' (upstream litgpt has no "
+    "ShardedMixedDataset).",
     "data.init_args.mix_weight: 0.2 -> removed (a stale key: the fork's data module did not read it).",
     "data.init_args.val_split_fraction: 0.01 -> removed (reference-only: the fork's download helper read it).",
     "data.init_args.fast_dev_run: False -> removed (reference-only: the fork's download helper read it).",
@@ -115,11 +116,12 @@ DATA_NOTES = [
     "data.init_args.dataset_name: 'fineweb' -> removed (reference-only: the fork's download helper read it).",
     "data.init_args.num_samples: 1000 -> removed (reference-only: the fork's download helper read it).",
     "data.init_args.num_val_samples: 100 -> removed (reference-only: the fork's download helper read it).",
-    "data.init_args.initial_sampling_rates: [0.5, 0.5] -> removed (sharded_mix.ShardedMixedDataset has no such init arg).",
+    "data.init_args.initial_sampling_rates: [0.5, 0.5] -> removed (sharded_mix.ShardedMixedDataset has no such init "
+    "arg).",
 ]
 ADDITIONAL_STEPS_NOTES = [
-    "train.max_additional_steps: 3000 -> data.init_args.stop_after_steps: 3000 (the run trains 3,000 optimizer steps past the "
-    "step it first resumes at, step 0 for a fresh run; no config edit between relaunches).",
+    "train.max_additional_steps: 3000 -> data.init_args.stop_after_steps: 3000 (the run trains 3,000 optimizer steps "
+    "past the step it first resumes at, step 0 for a fresh run; no config edit between relaunches).",
     "train.max_iters: 10000000 -> removed (the fork replaced it by the resumed step + max_additional_steps).",
 ]
 RENAMED = "train.max_seq_len: 512 -> train.max_seq_length: 512 (upstream's name)."
@@ -129,7 +131,10 @@ KEPT = [
 ]
 EPISODE = "train.episode_length: 100 -> removed (litgpt's TrainArgs has no such field)."
 MAX_LR = "train.max_lr: 0.0003 -> optimizer.init_args.lr: 0.0003 (the peak LR; it was 0.0006)."
-ADAMW = "optimizer: 'torch.optim.AdamW' -> 'sharded_mix.training.ScheduledAdamW' (AdamW that applies the schedule; init_args lr, weight_decay, betas, eps kept)."
+ADAMW = (
+    "optimizer: 'torch.optim.AdamW' -> 'sharded_mix.training.ScheduledAdamW' (AdamW that applies the schedule; "
+    "init_args lr, weight_decay, betas, eps kept)."
+)
 STABLE_DROPPED = "train.stable_steps: 2400 -> removed (only lr_scheduler wsd used it)."
 LOGS_DIR = "logs_dir: 'out/ref' -> removed (litgpt pretrain takes no logs_dir)."
 RESUME = "out/pretrain/step-00040000/lit_model.pth"
@@ -147,8 +152,9 @@ CASES = {
             *KEPT,
             EPISODE,
             MAX_LR,
-            "train.lr_scheduler: 'cosine' -> optimizer.init_args.schedule: 'cosine'; total_steps 3,000 = step 0 (REF does not resume) "
-            "+ max_additional_steps 3,000; warmup_steps 100 = train.lr_warmup_steps; min_lr 1e-06 = train.min_lr.",
+            "train.lr_scheduler: 'cosine' -> optimizer.init_args.schedule: 'cosine'; total_steps 3,000 = step 0 (the "
+            "run starts fresh) + max_additional_steps 3,000; warmup_steps 100 = train.lr_warmup_steps; min_lr 1e-06 = "
+            "train.min_lr.",
             ADAMW,
             STABLE_DROPPED,
             LOGS_DIR,
@@ -168,8 +174,9 @@ CASES = {
             *KEPT,
             EPISODE,
             MAX_LR,
-            "train.lr_scheduler: 'cosine' -> optimizer.init_args.schedule: 'cosine'; total_steps 43,000 = the resumed step 40,000 "
-            "+ max_additional_steps 3,000; warmup_steps 100 = train.lr_warmup_steps; min_lr 1e-06 = train.min_lr.",
+            "train.lr_scheduler: 'cosine' -> optimizer.init_args.schedule: 'cosine'; total_steps 43,000 = the resumed "
+            "step 40,000 + max_additional_steps 3,000; warmup_steps 100 = train.lr_warmup_steps; min_lr 1e-06 = "
+            "train.min_lr.",
             ADAMW,
             STABLE_DROPPED,
             LOGS_DIR,
@@ -195,11 +202,11 @@ CASES = {
             *KEPT,
             EPISODE,
             MAX_LR,
-            "train.stable_steps: 2400 -> optimizer.init_args.decay_start_step: 2500 (warmup 100 + stable 2,400), with decay_shape linear "
-            "to min_lr at step 3,000: an assumption, the fork's wsd decay shape was not found.",
-            "train.lr_scheduler: 'wsd' -> optimizer.init_args.schedule: 'wsd'; total_steps 3,000 = step 0 (REF does not resume) "
-            "+ max_additional_steps 3,000; warmup_steps 100 = train.lr_warmup_steps; decay_start_step 2,500, decay_shape linear "
-            "(see train.stable_steps); min_lr 1e-06 = train.min_lr.",
+            "train.stable_steps: 2400 -> optimizer.init_args.decay_start_step: 2500 (warmup 100 + stable 2,400), with "
+            "decay_shape linear to min_lr at step 3,000: an assumption, the fork's wsd decay shape was not found.",
+            "train.lr_scheduler: 'wsd' -> optimizer.init_args.schedule: 'wsd'; total_steps 3,000 = step 0 (the run "
+            "starts fresh) + max_additional_steps 3,000; warmup_steps 100 = train.lr_warmup_steps; decay_start_step "
+            "2,500, decay_shape linear (see train.stable_steps); min_lr 1e-06 = train.min_lr.",
             ADAMW,
             LOGS_DIR,
         ],
@@ -218,9 +225,9 @@ CASES = {
             *KEPT,
             EPISODE,
             MAX_LR,
-            "train.lr_scheduler: 'decay' -> optimizer.init_args.schedule: 'decay'; decay_steps 3,000 = train.max_additional_steps; "
-            "decay_shape exponential, final_lr_ratio 0.1: from the resumed checkpoint's LR to 10% of it (the paper's anneal); "
-            "no warmup, as the fork's decay.",
+            "train.lr_scheduler: 'decay' -> optimizer.init_args.schedule: 'decay'; decay_steps 3,000 = "
+            "train.max_additional_steps; decay_shape exponential, final_lr_ratio 0.1: from the LR of the resumed "
+            "checkpoint (step 40,000) to 10% of it (the paper's anneal); no warmup, as the fork's decay.",
             ADAMW,
             STABLE_DROPPED,
             LOGS_DIR,
@@ -236,13 +243,15 @@ CASES = {
             *KEPT,
             EPISODE,
             MAX_LR,
-            "train.lr_scheduler: 'constant' -> optimizer.init_args.schedule: 'constant'; warmup_steps 100 = train.lr_warmup_steps.",
+            "train.lr_scheduler: 'constant' -> optimizer.init_args.schedule: 'constant'; warmup_steps 100 = "
+            "train.lr_warmup_steps.",
             ADAMW,
             STABLE_DROPPED,
             LOGS_DIR,
         ],
     ),
-    # max_iters alone: micro-batches per GPU (64 / (4 GPUs x 8) = 2 a step) -> stop_at_step; max_tokens raised to reach it.
+    # max_iters alone: micro-batches per GPU (64 / (4 GPUs x 8) = 2 a step) -> stop_at_step; max_tokens raised to
+    # reach it.
     "cosine to max_iters": (
         reference(
             "cosine",
@@ -260,18 +269,19 @@ CASES = {
         ),
         [
             *DATA_NOTES,
-            "train.max_iters: 8000 -> data.init_args.stop_at_step: 4000 (the fork's max_iters counted micro-batch iterations per GPU: "
-            "8,000 / 2 iterations per optimizer step).",
+            "train.max_iters: 8000 -> data.init_args.stop_at_step: 4000 (the fork's max_iters counted micro-batch "
+            "iterations per GPU: 8,000 / 2 iterations per optimizer step).",
             RENAMED,
             EPISODE,
-            "train.max_tokens: 100000000 -> 131072000 (the fork stopped at max_iters whatever max_tokens said; upstream litgpt ends "
-            "the run at max_tokens, which must reach step 4,000).",
+            "train.max_tokens: 100000000 -> 131072000 (the fork stopped at max_iters whatever max_tokens said; "
+            "upstream litgpt ends the run at max_tokens, which must reach step 4,000).",
             MAX_LR,
-            "train.lr_warmup_fraction: 0.01 -> optimizer.init_args.warmup_fraction: 0.01 (of total_steps 4,000: 40 warmup steps; the "
-            "fork's was a fraction of one epoch of the training loader), removed from train (there it clashes with litgpt pretrain's "
-            "default lr_warmup_steps).",
-            "train.lr_scheduler: 'cosine' -> optimizer.init_args.schedule: 'cosine'; total_steps 4,000 = train.max_iters 8,000 / 2 "
-            "iterations per step; warmup_fraction 0.01 = train.lr_warmup_fraction; min_lr 4e-05 = litgpt pretrain's default.",
+            "train.lr_warmup_fraction: 0.01 -> optimizer.init_args.warmup_fraction: 0.01 (of total_steps 4,000: 40 "
+            "warmup steps; the fork's was a fraction of one epoch of the training loader), removed from train (there "
+            "it clashes with litgpt pretrain's default lr_warmup_steps).",
+            "train.lr_scheduler: 'cosine' -> optimizer.init_args.schedule: 'cosine'; total_steps 4,000 = "
+            "train.max_iters 8,000 / 2 iterations per step; warmup_fraction 0.01 = train.lr_warmup_fraction; min_lr "
+            "4e-05 = litgpt pretrain's default.",
             ADAMW,
             STABLE_DROPPED,
             LOGS_DIR,
@@ -337,9 +347,7 @@ def test_max_iters_needs_the_gpus_when_ref_leaves_them_to_the_launcher():
 
 
 def test_a_cosine_over_max_additional_steps_needs_the_resumed_step():
-    with pytest.raises(
-        ValueError, match=r"resume does not say the step; set resume to the step-NNNNNNNN/lit_model.pth"
-    ):
+    with pytest.raises(ValueError, match=r"resume does not say the step; pass --resume-from STEP"):
         convert_reference_config(reference("cosine", resume="auto"))
     converted, _ = convert_reference_config(reference("decay", resume="auto"))  # a decay needs only its length
     assert converted["optimizer"]["init_args"]["decay_steps"] == 3000
@@ -481,3 +489,301 @@ def test_cli_reports_a_bad_reference_config_as_an_error(tmp_path, capsys):
     assert "pass --devices N" in capsys.readouterr().err
     assert main(["convert-config", str(path), "--devices", "4"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["stop_at_step"] == 4000
+
+
+# The reference repository's own configs, in their layout: empty model_config / initial_checkpoint_dir, min_lr
+# written 1e-6, no devices, max_iters as a sentinel, betas as a block list. Their key combinations: resume true
+# (the relaunch pattern) or false; a blend in mix_weights_str, literal_weights_str, mix_config_path, the stale
+# mix_weight, or none; lr_scheduler cosine, or decay with stable_steps; lr_warmup_fraction and no max_lr.
+FORK_TEXT = """\
+# config.yaml
+
+model_name: pythia-14m
+
+model_config:
+
+out_dir: out/fork/run
+
+precision: bf16-true
+
+initial_checkpoint_dir:
+
+resume: {resume}
+
+tokenizer_dir: checkpoints/EleutherAI/pythia-14m/
+
+data:
+  class_path: litgpt.data.ShardedMixedDataset
+  init_args:
+    data_path: {data_path}
+    val_data_path: {data_path}/val/
+    num_workers: 8
+{blend}
+
+# 61035 - 40000
+train:
+  max_iters: 10000000
+  max_additional_steps: {extra}
+  micro_batch_size: 16
+  global_batch_size: 1024
+  log_interval: 10
+  save_interval: 2000
+  min_lr: 1e-6
+  lr_scheduler: "{scheduler}"
+  lr_warmup_fraction: 0.1
+{stable}
+eval:
+  interval: 1000
+
+optimizer:
+  class_path: torch.optim.AdamW
+
+  init_args:
+    weight_decay: 0.1
+
+    betas:
+      - 0.9
+      - 0.95
+
+logger_name: wandb
+"""
+MIX_FILE = '{"weights": {"main": 0.88, "math": 0.12, "code": 0}}'  # the fork's mix file format
+COSINE_61035 = {"schedule": "cosine", "total_steps": 61035, "warmup_fraction": 0.1, "min_lr": 1e-6}
+
+# case -> (resume, blend line, lr_scheduler, max_additional_steps, stable_steps line, --resume-from,
+#          the converted resume, its blend fields, its schedule args, whether a WARNING says it is single-source)
+FORK_CASES = {
+    "relaunch, mix_weights_str, --resume-from STEP": (
+        "true",
+        '    mix_weights_str: "main:0.8,code:0.2"',
+        "cosine",
+        21035,
+        "",
+        "40000",
+        "out/fork/run/step-00040000/lit_model.pth",
+        {"mix_weights_str": "main:0.8,code:0.2"},
+        COSINE_61035,
+        False,
+    ),
+    "relaunch, literal_weights_str, --resume-from PATH": (
+        "true",
+        '    literal_weights_str: "main/1:0.80,q4:0.15,q1:0.05"',
+        "cosine",
+        21035,
+        "",
+        "out/pretrain/step-00040000/lit_model.pth",
+        "out/pretrain/step-00040000/lit_model.pth",
+        {"literal_weights_str": "main/1:0.80,q4:0.15,q1:0.05"},
+        COSINE_61035,
+        False,
+    ),
+    "relaunch, mix_config_path, --resume-from a step directory": (
+        "true",
+        "    mix_config_path: {data_path}/mix.json",
+        "cosine",
+        11035,
+        "",
+        "out/pretrain/step-00050000",
+        "out/pretrain/step-00050000/lit_model.pth",
+        {"mix_config_path": "{data_path}/mix.json"},
+        COSINE_61035,
+        False,
+    ),
+    "relaunch, stale mix_weight: single-source": (
+        "true",
+        "    mix_weight: 0.12",
+        "cosine",
+        1035,
+        "",
+        "60000",
+        "out/fork/run/step-00060000/lit_model.pth",
+        {},
+        COSINE_61035,
+        True,
+    ),
+    "from scratch, no blend, --resume-from auto": (
+        "true",
+        "",
+        "cosine",
+        61035,
+        "",
+        "auto",
+        "auto",
+        {},
+        COSINE_61035,
+        False,
+    ),
+    "fresh, literal_weights_str, resume false": (
+        "false",
+        '    literal_weights_str: "main/1:0.80,q4:0.20"',
+        "cosine",
+        21035,
+        "",
+        None,
+        False,
+        {"literal_weights_str": "main/1:0.80,q4:0.20"},
+        {**COSINE_61035, "total_steps": 21035},
+        False,
+    ),
+    "fresh decay with stable_steps, no blend": (
+        "false",
+        "",
+        "decay",
+        61035,
+        "  stable_steps: 10000000",
+        None,
+        False,
+        {},
+        {"schedule": "decay", "decay_steps": 61035, "decay_shape": "exponential", "final_lr_ratio": 0.1},
+        False,
+    ),
+}
+BLEND_FIELDS = ("mix_weights_str", "literal_weights_str", "mix_config_path")
+
+
+@pytest.mark.parametrize("case", FORK_CASES)
+def test_every_key_combination_of_the_reference_repo_converts_and_litgpt_parses_it(case, tmp_path, capsys):
+    resume, blend, scheduler, extra, stable, resume_from, want_resume, want_blend, want_schedule, single = FORK_CASES[
+        case
+    ]
+    (tmp_path / "mix.json").write_text(MIX_FILE)
+    ref, out = tmp_path / "ref.yaml", tmp_path / "out.yaml"
+    ref.write_text(
+        FORK_TEXT.format(
+            resume=resume,
+            data_path=tmp_path,
+            blend=blend.format(data_path=tmp_path),
+            extra=extra,
+            scheduler=scheduler,
+            stable=stable,
+        )
+    )
+    options = [] if resume_from is None else ["--resume-from", resume_from]
+    assert main(["convert-config", str(ref), "-o", str(out), *options]) == 0
+    printed = capsys.readouterr().out.splitlines()
+
+    converted = yaml.safe_load(out.read_text())
+    assert converted["resume"] == want_resume
+    assert list(converted)[:7] == [
+        "model_name",
+        "model_config",
+        "out_dir",
+        "precision",
+        "initial_checkpoint_dir",
+        "resume",
+        "tokenizer_dir",
+    ]
+    init_args = converted["data"]["init_args"]
+    assert {key: init_args[key] for key in BLEND_FIELDS if key in init_args} == {
+        key: value.format(data_path=tmp_path) for key, value in want_blend.items()
+    }
+    assert init_args["stop_after_steps"] == extra and "mix_weight" not in init_args
+    optimizer = converted["optimizer"]["init_args"]
+    assert {key: optimizer[key] for key in want_schedule} == want_schedule
+    assert optimizer["lr"] == 3e-4 if scheduler == "cosine" else "lr" not in optimizer  # the fork's default max_lr
+
+    args = litgpt_parse(out)  # LitGPT's own parser accepts it, and the data class and schedule validate
+    assert str(args.resume) == str(want_resume) if want_resume is not False else args.resume is False
+    assert args.data.stop_after_steps == extra
+    assert {key: str(getattr(args.data, key)) for key in BLEND_FIELDS if getattr(args.data, key) is not None} == {
+        key: value.format(data_path=tmp_path) for key, value in want_blend.items()
+    }
+    init = args.optimizer["init_args"]
+    lr_schedule(lr=init.get("lr", 1e-3), **{key: value for key, value in init.items() if key in SCHEDULE_ARGS})
+
+    warnings = [line for line in printed if line.startswith("WARNING: ")]
+    assert printed[0] == f"wrote {out}" and printed[1] == f"what changed ({len(printed) - 2 - len(warnings)}):"
+    if single:
+        assert warnings == [
+            "WARNING: the converted config is a single-source run (main only): REF's blend key "
+            "data.init_args.mix_weight: 0.12 was never read by the fork's data module, and REF sets none of "
+            "mix_weights_str, literal_weights_str, mix_config_path. To train on a blend, set "
+            "data.init_args.mix_weights_str, e.g. 'main:0.88,TYPE:0.12' (TYPE: code, math, instruct, qa, web, ...)."
+        ]
+        assert printed[-1] == warnings[0]  # the last thing printed
+    else:
+        assert warnings == []
+
+
+def test_resume_from_a_step_is_that_checkpoint_in_out_dir_and_the_notes_say_how_to_relaunch():
+    config = reference("cosine", resume=True)
+    with pytest.raises(
+        ValueError, match=r"resume does not say the step; pass --resume-from STEP .* or --resume-from auto"
+    ):
+        convert_reference_config(config)
+    converted, notes = convert_reference_config(config, resume_from=40000)
+    assert converted["resume"] == "out/ref/step-00040000/lit_model.pth"
+    assert converted["optimizer"]["init_args"]["total_steps"] == 43000
+    assert converted["data"]["init_args"]["stop_after_steps"] == 3000
+    assert (
+        "resume: True -> 'out/ref/step-00040000/lit_model.pth' (--resume-from 40000: the step-* checkpoint in out_dir "
+        "the fork's resume: true found, step 40,000; the stop and the LR schedule count from it; relaunch an "
+        "interrupted run with `litgpt pretrain --config OUT.yaml --resume auto` once it has written a checkpoint: it "
+        "continues from the newest one in out_dir, as the fork's resume: true did, and stops at the same step)."
+        in notes
+    )
+    assert list(converted) == [key for key in config if key != "logs_dir"]  # resume where REF has it
+    converted, _ = convert_reference_config(reference("cosine"), resume_from=40000)  # REF without resume
+    assert list(converted)[:3] == ["model_name", "out_dir", "resume"]
+
+
+def test_resume_from_auto_starts_the_schedule_at_step_0_and_says_when_to_give_a_step_instead():
+    converted, notes = convert_reference_config(reference("cosine", resume=True), resume_from="auto")
+    assert converted["resume"] == "auto" and converted["optimizer"]["init_args"]["total_steps"] == 3000
+    note = next(note for note in notes if note.startswith("resume:"))
+    assert note.startswith("resume: True -> 'auto' (--resume-from auto: the run starts fresh, so its stop and LR")
+    assert "if REF is a relaunch config" in note and "pass --resume-from with that step instead" in note
+
+
+@pytest.mark.parametrize(
+    "edit, resume_from, message",
+    [
+        (lambda c: None, "0", r"--resume-from 0: no checkpoint is written at step 0; .* pass --resume-from auto"),
+        (lambda c: None, "out/x/lit_model.pth", r"--resume-from 'out/x/lit_model.pth' is in no step-NNNNNNNN dir"),
+        (lambda c: c.pop("out_dir"), "40000", r"--resume-from 40000: REF's out_dir is None.*--resume-from out/run/"),
+        (
+            lambda c: c.update(initial_checkpoint_dir="checkpoints/p"),
+            "40000",
+            r"with REF's initial_checkpoint_dir 'checkpoints/p': litgpt pretrain takes one of them",
+        ),
+    ],
+    ids=["step 0", "no step directory", "no out_dir", "initial_checkpoint_dir too"],
+)
+def test_a_bad_resume_from_fails_with_the_value_and_the_fix(edit, resume_from, message):
+    config = reference("cosine", resume=True)
+    edit(config)
+    with pytest.raises(ValueError, match=message):
+        convert_reference_config(config, resume_from=resume_from)
+
+
+def test_a_fresh_decay_starts_from_the_configured_lr_and_a_resumed_one_from_the_checkpoints():
+    _, fresh = convert_reference_config(reference("decay"))
+    schedule_note = next(note for note in fresh if note.startswith("train.lr_scheduler:"))
+    assert "from the configured LR (the optimizer's lr, 0.0003; a fresh run) to 10% of it" in schedule_note
+    assert "resumed" not in schedule_note
+    _, resumed = convert_reference_config(reference("decay", resume=True), resume_from=RESUME)
+    schedule_note = next(note for note in resumed if note.startswith("train.lr_scheduler:"))
+    assert "from the LR of the resumed checkpoint (step 40,000) to 10% of it" in schedule_note
+
+
+def test_a_cosine_without_max_lr_peaks_at_the_forks_default_max_lr():
+    converted, notes = convert_reference_config(reference("cosine", drop=("max_lr",)))
+    assert converted["optimizer"]["init_args"]["lr"] == 3e-4  # not REF's optimizer lr 6e-4: the fork ignored it
+    assert (
+        "train.max_lr: unset -> optimizer.init_args.lr: 0.0003 (the fork's cosine peaked at train.max_lr, default "
+        "0.0003, whatever the optimizer's lr; it was 0.0006)." in notes
+    )
+    converted, _ = convert_reference_config(reference("constant", drop=("max_lr",)))
+    assert converted["optimizer"]["init_args"]["lr"] == 6e-4
+
+
+def test_a_stale_blend_beside_a_real_one_warns_nothing():
+    _, notes = convert_reference_config(reference("cosine"))  # REFERENCE_DATA has mix_weight and mix_weights_str
+    assert not [note for note in notes if note.startswith("WARNING")]
+
+
+def test_a_mix_file_missing_here_is_a_warning(tmp_path):
+    config = reference("cosine")
+    config["data"]["init_args"] = {"data_path": "data/mix", "mix_config_path": str(tmp_path / "gone.json")}
+    _, notes = convert_reference_config(config)
+    assert notes[-1].startswith(f"WARNING: data.init_args.mix_config_path '{tmp_path / 'gone.json'}' does not exist")

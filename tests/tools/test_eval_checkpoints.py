@@ -1,4 +1,7 @@
-"""training_scripts/eval_checkpoints.sh (with --dry-run, and with a fake litgpt) and `sharded-mix eval-results` (sharded_mix.tools.eval_results)."""
+"""training_scripts/eval_checkpoints.sh (with --dry-run, and with a fake litgpt).
+
+Also `sharded-mix eval-results` (sharded_mix.tools.eval_results).
+"""
 
 import copy
 import csv
@@ -159,9 +162,9 @@ def test_missing_or_broken_results_are_named_and_the_others_still_collected(tmp_
     assert {row.checkpoint for row in rows} == {"step-00002000"}
     assert len(problems) == 4
     assert problems[0].startswith(f"{broken}: unreadable (")
-    assert (
-        problems[1]
-        == f"{not_lm_eval}: not an lm-eval results file (no 'results' mapping); delete it and run eval_checkpoints.sh again"
+    assert problems[1] == (
+        f"{not_lm_eval}: not an lm-eval results file (no 'results' mapping); "
+        "delete it and run eval_checkpoints.sh again"
     )
     assert problems[2] == (
         f"{eval_dir / 'step-00005000' / 'results.json'}: missing; the evaluation of this checkpoint did not finish "
@@ -221,7 +224,10 @@ elif args[0] == "evaluate":
 
 @pytest.fixture
 def run_dir(tmp_path):
-    """A run: step-00002000, step-00010000 and final with a checkpoint (its text: the fake's arc_easy acc), step-00004000 without."""
+    """A run: step-00002000, step-00010000 and final with a checkpoint, step-00004000 without.
+
+    A checkpoint's text is the fake's arc_easy acc.
+    """
     run = tmp_path / "run"
     for name, acc in [("step-00002000", "0.3"), ("step-00010000", "0.4"), ("final", "0.5")]:
         (run / name).mkdir(parents=True)
@@ -274,7 +280,8 @@ def commands(
     return [
         f"litgpt convert_pretrained_checkpoint run/{name} {out}/model.partial",
         f"mv {out}/model.partial {out}/model",
-        f"litgpt evaluate {out}/model {evaluate_options} --out_dir {out} --save_filepath {out}/results.json --force_conversion true",
+        f"litgpt evaluate {out}/model {evaluate_options} --out_dir {out} --save_filepath {out}/results.json "
+        "--force_conversion true",
     ]
 
 

@@ -1,4 +1,5 @@
-"""Chunk file checks (`chunk_file_problems`, one stat per chunk) and `sharded-mix inspect --verify` on damaged shards."""
+"""Chunk file checks (`chunk_file_problems`, one stat per chunk) and `sharded-mix inspect --verify`, on damaged
+shards."""
 
 from __future__ import annotations
 
@@ -156,7 +157,8 @@ def test_chunk_file_problems_name_the_shard_file_and_sizes(tmp_path):
         f"{shard.chunk_tokens[0]:,} uint16 tokens after a {chunk_header_bytes(shard.chunk_items[0])}-byte header): "
         "the file is truncated, or index.json's dim or dtype disagrees with the file; restore the file, or re-run "
         "`sharded-mix prepare` for this shard.",
-        f"shard 'c1': chunk file {str(second)!r} is missing; restore the file, or re-run `sharded-mix prepare` for this shard.",
+        f"shard 'c1': chunk file {str(second)!r} is missing; "
+        "restore the file, or re-run `sharded-mix prepare` for this shard.",
     ]
     assert chunk_file_problems(shard, limit=1)[1] == "shard 'c1': ... and 1 more chunk files with problems"
 
