@@ -4,6 +4,7 @@ section and train sizes, or our own data YAML)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,19 @@ def parse_size(value: int | str, field_name: str) -> int:
     if size <= 0:
         raise ValueError(f"{field_name} {value!r} must be positive; pass e.g. 64MB")
     return size
+
+
+def expand_path(value: str | Path, field_name: str) -> str:
+    """``~`` and ``$VARS`` expanded, so configs can say ``$DATA_ROOT/mix`` instead of a personal path (URLs:
+    ``$VARS`` only)."""
+    text = str(value)
+    expanded = os.path.expandvars(text if "://" in text else os.path.expanduser(text))
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+    if unset:
+        raise ValueError(
+            f"{field_name} {text!r}: environment variable {unset[0]} is not set; export it or write the path out."
+        )
+    return expanded
 
 
 def load_mix_file(path: str | Path) -> dict:

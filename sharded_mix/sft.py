@@ -1,4 +1,6 @@
-"""``SFTMixture``: the LitGPT data module for ``litgpt finetune_full`` / ``finetune_lora`` over a mixture of task files."""
+"""``SFTMixture``: the LitGPT data module for ``litgpt finetune_full`` / ``finetune_lora`` over a mixture of task
+files.
+"""
 
 from __future__ import annotations
 
@@ -7,119 +9,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from litgpt.data import DataModule, SFTDataset, get_sft_collate_fn
+from litgpt.data import DataModule, get_sft_collate_fn
 from litgpt.prompts import PromptStyle
 from litgpt.tokenizer import Tokenizer
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
-from sharded_mix.datamodule import expand_path, log_rank_zero
+from sharded_mix.config import expand_path
 from sharded_mix.mixing.sft_epochs import SFTEpochs
 from sharded_mix.streaming.discovery import discover_shards
-from sharded_mix.streaming.sft_files import ReplayBlocks, apply_template, read_records
+from sharded_mix.streaming.distributed import log_rank_zero
+from sharded_mix.streaming.sft_examples import EncodedTask, EpochSampler, Examples, MixedExamples, encode_task
+from sharded_mix.streaming.sft_files import ReplayBlocks
 
 logger = logging.getLogger(__name__)
 
 REPLAY_SOURCE = "replay"
 LONG_EXAMPLE_POLICIES = ("truncate", "drop")
-
-
-@dataclass(frozen=True)
-class EncodedTask:
-    """One task file's records and their encodings (``input_ids``, ``labels``, ``token_counts``), length policy applied."""
-
-    name: str
-    path: str
-    records: list[dict]
-    examples: list[dict]
-    truncated: int = 0
-    dropped: int = 0
-    without_targets: int = 0
-
-
-def fit_length(example: dict, max_seq_length: int) -> dict:
-    """``example`` cut to ``max_seq_length`` tokens, as LitGPT's ``SFTDataset`` cuts it."""
-    input_ids, labels = example["input_ids"][:max_seq_length], example["labels"][:max_seq_length]
-    counts = example["token_counts"]
-    return {
-        "input_ids": input_ids,
-        "labels": labels,
-        "token_counts": {"raw": min(counts["raw"], len(input_ids)), "raw_plus_prompt_template": len(input_ids)},
-    }
-
-
-def encode_task(
-    name: str,
-    path: str | Path,
-    tokenizer: Tokenizer,
-    prompt_style: PromptStyle,
-    mask_prompt: bool,
-    ignore_index: int,
-    max_seq_length: int = -1,
-    long_examples: str = "truncate",
-    template: dict[str, str] | None = None,
-) -> EncodedTask:
-    """Read, template and tokenize a task file with LitGPT's ``SFTDataset``; examples longer than ``max_seq_length``
-    (-1: no limit) are cut to it (``truncate``) or left out (``drop``)."""
-    records = apply_template(read_records(path), template, f"task {name!r} ({path})")
-    dataset = SFTDataset(records, tokenizer, prompt_style, -1, mask_prompt, ignore_index)
-    kept, examples, truncated, dropped, without_targets = [], [], 0, 0, 0
-    for index in range(len(dataset)):
-        example = dataset[index]
-        if 0 < max_seq_length < len(example["input_ids"]):
-            if long_examples == "drop":
-                dropped += 1
-                continue
-            example = fit_length(example, max_seq_length)
-            truncated += 1
-        if not bool((example["labels"][1:] != ignore_index).any()):
-            without_targets += 1
-        examples.append(example)
-        kept.append(records[index])
-    return EncodedTask(name, str(path), kept, examples, truncated, dropped, without_targets)
-
-
-class MixedExamples(Dataset):
-    """Sample ``s`` of the mixture (any ``s >= 0``: epoch ``s // len(self)``); ``len``: the epoch size."""
-
-    def __init__(self, epochs: SFTEpochs, pools: dict[str, Sequence[dict]], records: list[dict]) -> None:
-        self.epochs, self.pools = epochs, pools
-        self.data = records  # what LitGPT picks a generation example from
-
-    def __len__(self) -> int:
-        return self.epochs.epoch_size
-
-    def __getitem__(self, sample: int) -> dict:
-        source, index = self.epochs.example(sample)
-        return self.pools[source][index]
-
-
-class Examples(Dataset):
-    """Encoded examples, in order (validation)."""
-
-    def __init__(self, examples: list[dict], records: list[dict]) -> None:
-        self.examples, self.data = examples, records
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.examples[index]
-
-
-class EpochSampler(Sampler[int]):
-    """Yields the samples of one epoch per iteration: ``e·N .. e·N + N − 1`` for the e-th (from ``start``, a sample)."""
-
-    def __init__(self, epoch_size: int, start: int = 0) -> None:
-        self.epoch_size, self.start = epoch_size, start
-        self.epoch = start // epoch_size
-
-    def __len__(self) -> int:
-        return self.epoch_size
-
-    def __iter__(self):
-        first = self.epoch * self.epoch_size
-        self.epoch += 1
-        return iter(range(max(first, self.start), first + self.epoch_size))
 
 
 def prompt_style_named(name: str) -> PromptStyle:
@@ -161,7 +66,8 @@ class SFTMixture(DataModule):
     """
 
     train_data: dict[str, str | Path] | str | Path = field(default_factory=dict)
-    """Task files by name, ``{gsm8k: data/gsm8k/train.json, lima: data/lima.jsonl}``, or one file (named by its stem)."""
+    """Task files by name, ``{gsm8k: data/gsm8k/train.json, lima: data/lima.jsonl}``, or one file (named by its
+    stem)."""
     val_data: dict[str, str | Path] | str | Path | None = None
     """Validation task files: one file or several by name; LitGPT's validation loss is over all their examples."""
     weights: dict[str, float] | str | None = None
@@ -208,14 +114,16 @@ class SFTMixture(DataModule):
         self.train_files = self._files(self.train_data, "train_data")
         if self.val_data is None:
             raise ValueError(
-                "val_data is not set; give one validation task file, or several by name, e.g. val_data: {gsm8k: data/gsm8k/val.json}."
+                "val_data is not set; give one validation task file, or several by name, e.g. val_data: "
+                "{gsm8k: data/gsm8k/val.json}."
             )
         self.val_files = self._files(self.val_data, "val_data")
         self.task_weights = parse_weights(self.weights)
         unknown = sorted(set(self.task_weights or {}) - set(self.train_files))
         if unknown:
             raise ValueError(
-                f"weights name {unknown[0]!r}, which is not in train_data ({', '.join(self.train_files)}); weight the train_data names."
+                f"weights name {unknown[0]!r}, which is not in train_data ({', '.join(self.train_files)}); weight the "
+                "train_data names."
             )
         if self.task_weights is not None and not any(weight > 0 for weight in self.task_weights.values()):
             raise ValueError(f"weights {self.weights!r} give no task a positive weight; weight at least one task.")
@@ -227,7 +135,8 @@ class SFTMixture(DataModule):
             )
         if self.replay_share > 0 and self.replay_data_path is None:
             raise ValueError(
-                f"replay_share is {self.replay_share:g} but replay_data_path is not set; set it to the pretraining shards to replay."
+                f"replay_share is {self.replay_share:g} but replay_data_path is not set; set it to the pretraining "
+                "shards to replay."
             )
         if self.replay_share > 0 and REPLAY_SOURCE in self.train_files:
             raise ValueError(
@@ -237,7 +146,8 @@ class SFTMixture(DataModule):
             isinstance(self.epoch_size, bool) or not isinstance(self.epoch_size, int) or self.epoch_size < 1
         ):
             raise ValueError(
-                f"epoch_size is {self.epoch_size!r}; use a whole number of samples, 1 or more (default: the tasks' examples)."
+                f"epoch_size is {self.epoch_size!r}; use a whole number of samples, 1 or more (default: the tasks' "
+                "examples)."
             )
         if self.num_workers < 0:
             raise ValueError(f"num_workers is {self.num_workers}; use 0 (load in the main process) or more.")
@@ -287,7 +197,8 @@ class SFTMixture(DataModule):
         for name, task in self.tasks.items():
             if not task.examples:
                 raise ValueError(
-                    f"task {name!r} ({task.path}) has no example left to train on ({task.dropped} longer than max_seq_length were dropped)."
+                    f"task {name!r} ({task.path}) has no example left to train on ({task.dropped} longer than "
+                    "max_seq_length were dropped)."
                 )
         if self.task_weights is None:
             blend = {name: float(len(pool)) for name, pool in pools.items()}
@@ -337,7 +248,8 @@ class SFTMixture(DataModule):
         return get_sft_collate_fn(max_seq_length=self.max_seq_length, ignore_index=self.ignore_index)
 
     def train_dataloader(self, start: int = 0) -> DataLoader:
-        """The training loader; ``start``: the sample to start at (0; LitGPT's finetune_full replays batches instead)."""
+        """The training loader; ``start``: the sample to start at (0; LitGPT's finetune_full replays batches
+        instead)."""
         if self.train_dataset is None:
             raise RuntimeError("call connect(...) and setup() before asking for data loaders.")
         return DataLoader(
@@ -382,7 +294,8 @@ def format_sft_plan(
         where = task.path if task else "pretraining blocks"
         cut, dropped = (task.truncated, task.dropped) if task else (0, 0)
         lines.append(
-            f"{source:<14} {pool:>9,} {blend[source]:>8.4f} {per_epoch:>10,} {per_epoch / pool:>7.2f} {cut:>6,} {dropped:>8,}  {where}"
+            f"{source:<14} {pool:>9,} {blend[source]:>8.4f} {per_epoch:>10,} {per_epoch / pool:>7.2f} {cut:>6,} "
+            f"{dropped:>8,}  {where}"
         )
     for name, task in val_tasks.items():
         lines.append(

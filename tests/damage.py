@@ -1,4 +1,7 @@
-"""Ways a shard gets damaged on disk, shared by the inspect and the bad-input tests (each edits the first chunk or the index)."""
+"""Ways a shard gets damaged on disk, shared by the inspect and the bad-input tests.
+
+Each edits the first chunk or the index.
+"""
 
 from __future__ import annotations
 

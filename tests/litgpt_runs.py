@@ -21,7 +21,10 @@ def write_shards(base: Path) -> None:
 
 
 def pretrain_config(tmp_path: Path, init_args: dict, **train) -> Path:
-    """A tiny pythia-14m config on CPU: 6 steps of 4 blocks of 64 tokens, checkpoints every 3 steps (``train`` overrides)."""
+    """A tiny pythia-14m config on CPU: 6 steps of 4 blocks of 64 tokens, checkpoints every 3 steps.
+
+    ``train`` overrides the train settings.
+    """
     config = {
         "model_name": "pythia-14m",
         "out_dir": str(tmp_path / "out"),

@@ -252,7 +252,8 @@ CASES = [
     (fields("nodes_zero", nodes=0), r"nodes is 0; use the number of nodes the run spans"),
     (
         rewritten_shard(800),
-        r"(?s)on_data_change=error: 1 source\(s\) changed.*c1 \(.*/c1\): content [0-9a-f]+ in the checkpoint, content [0-9a-f]+ now",
+        r"(?s)on_data_change=error: 1 source\(s\) changed.*c1 \(.*/c1\): content [0-9a-f]+ in the checkpoint, "
+        r"content [0-9a-f]+ now",
     ),
     (
         rewritten_shard(1600),
@@ -310,7 +311,7 @@ def test_litgpt_global_batch_size_is_taken_when_the_data_args_have_none(base):
     )
     train = TrainArgs(global_batch_size=8, micro_batch_size=4, max_seq_length=BLOCK - 1)
     loader, _ = get_dataloaders(Fabric(), data, None, train, BLOCK - 1)
-    assert data.global_batch_size == 8
+    assert data.run_plan().global_batch_size == 8 and data.global_batch_size is None  # init args stay as given
     sources = [source for source, _ in block_ids(take(loader, 6))]
     assert set(sources[:16]) == {1, 2, 3, 4} and set(sources[16:]) == {4}  # m1 is source 4; step 2 starts at sample 16
 

@@ -1,6 +1,7 @@
 """The package's import rules (sharded_mix/README.md), read from the source with ``ast``."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,13 @@ def test_every_module_has_a_folder_that_says_its_role():
         "sharded_mix.datamodule",
         "sharded_mix.sft",
         "sharded_mix.cli",
+        "sharded_mix.cli_data",
+        "sharded_mix.cli_runs",
+        "sharded_mix.cli_configs",
         "sharded_mix.shards",
         "sharded_mix.config",
+        "sharded_mix.data_config",
+        "sharded_mix.litgpt_bridge",
     }
 
 
@@ -54,16 +60,38 @@ def test_mixing_is_pure(module):
 
 
 @pytest.mark.parametrize("module", sorted(name for name in MODULES if name.startswith("sharded_mix.training.")))
-def test_training_imports_only_itself(module):
-    assert all(target.startswith("sharded_mix.training") for target in MODULES[module]), MODULES[module]
+def test_training_imports_only_itself_and_the_bridge(module):
+    allowed = ("sharded_mix.training", "sharded_mix.litgpt_bridge")
+    assert all(target.startswith(allowed) for target in MODULES[module]), MODULES[module]
 
 
-@pytest.mark.parametrize(
-    "module", ["sharded_mix.training.schedules", "sharded_mix.training.stop", "sharded_mix.training.stage_steps"]
-)
+@pytest.mark.parametrize("module", ["sharded_mix.training.schedules", "sharded_mix.mixing.stop"])
 def test_schedules_and_stops_are_pure(module):
-    source = (PACKAGE / "training" / f"{module.rsplit('.', 1)[1]}.py").read_text()
+    source = (PACKAGE.parent / f"{module.replace('.', '/')}.py").read_text()
     assert "import torch" not in source and "open(" not in source
+
+
+LITGPT_INTERNALS = re.compile(r"_getframe|getsource|litgpt\.pretrain|litgpt\.finetune|litgpt\.__main__")
+"""Frame walks, source reads, LitGPT's training loops and its command table: what only the bridge may touch."""
+
+
+def test_only_the_bridge_touches_litgpt_internals():
+    touching = sorted(
+        str(path.relative_to(PACKAGE.parent))
+        for path in PACKAGE.rglob("*.py")
+        if LITGPT_INTERNALS.search(path.read_text())
+    )
+    assert touching == ["sharded_mix/litgpt_bridge.py"]
+
+
+def test_the_bridge_is_the_one_version_check():
+    bridge = (PACKAGE / "litgpt_bridge.py").read_text()
+    entry_points = ["def run_context(", "def attach_scheduled_lr(", "def pretrain_parameters("]
+    for name in entry_points:
+        body = bridge.split(name, 1)[1].split("\ndef ", 1)[0]
+        assert "require_supported_litgpt()" in body, name
+    others = [path for path in PACKAGE.rglob("*.py") if path.name != "litgpt_bridge.py"]
+    assert not [path for path in others if 'version("litgpt")' in path.read_text()]
 
 
 @pytest.mark.parametrize("module", ["sharded_mix.shards"])
@@ -77,8 +105,13 @@ def test_streaming_imports_no_tools_and_no_faces(module):
     assert not [target for target in MODULES[module] if target.startswith(forbidden)]
 
 
+def is_cli(name: str) -> bool:
+    """``sharded_mix.cli`` (the parser and ``main``) and the ``sharded_mix.cli_*`` modules of its commands."""
+    return name == "sharded_mix.cli" or name.startswith("sharded_mix.cli_")
+
+
 def test_nothing_imports_cli_and_the_training_path_imports_no_tools():
-    assert [name for name, targets in MODULES.items() if "sharded_mix.cli" in targets] == []
+    assert [name for name, targets in MODULES.items() if not is_cli(name) and any(map(is_cli, targets))] == []
     training_path = [
         name
         for name in MODULES

@@ -198,7 +198,10 @@ def test_a_missing_task_file_names_it(tmp_path, tokenizer):
 
 
 def test_the_first_epochs_examples_bound_every_epochs_lengths(tmp_path, tokenizer):
-    """finetune_full sizes the model on the first epoch's examples (get_longest_seq_length): later ones never exceed it."""
+    """finetune_full sizes the model on the first epoch's examples (get_longest_seq_length).
+
+    Later epochs' examples never exceed it.
+    """
     data = make(tmp_path, tokenizer, weights={"math": 0.9, "chat": 0.1}, epoch_size=12)
     first = max(len(data.train_dataset[k]["input_ids"]) for k in range(12))
     assert max(len(data.train_dataset[k]["input_ids"]) for k in range(12, 60)) <= first

@@ -1,1 +1,3 @@
-"""The mixture's arithmetic, pure (no I/O): weights, stages, blend, epoch orders, the stream position, transitions, plans."""
+"""The mixture's arithmetic, pure (no I/O): weights, stages, blend, epoch orders, the stream position, transitions,
+plans.
+"""

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sharded_mix.mixing.blend import Blender
-from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW, LEGACY_WINDOW, Ordering
+from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW, Ordering
 from sharded_mix.mixing.slices import Split, Topology
 from sharded_mix.mixing.transition import SourcePosition, TransitionRow, carry_over
 
@@ -139,11 +139,12 @@ class Cursor:
         }
 
     def restore(self, state: Mapping) -> list[TransitionRow] | None:
-        """Continue from a checkpoint's ``state``. The same stage, unchanged, resumes exactly (None);
-        otherwise the sources are carried over to the stage that is due, and the rows say how.
+        """Continue from a checkpoint's ``state`` (in the current schema: ``resume.resume_state``). The same stage,
+        unchanged, resumes exactly (None); otherwise the sources are carried over to the stage that is due, and the
+        rows say how. A state without a stage name resumes the stage that has its blend.
 
         An epoch in progress always finishes in the ordering it started with, also when only the
-        shuffle window changed (or the checkpoint predates windows): that needs no transition."""
+        shuffle window changed (or the checkpoint ran the order of state versions 1 and 2): that needs no transition."""
         self.samples = state["samples"]
         saved = saved_ordering(state)
         active = {
@@ -211,17 +212,15 @@ def entry_split(entry: Mapping) -> Split:
 
 
 def saved_ordering(state: Mapping) -> Ordering:
-    """The ordering a checkpoint's stage ran with; states before version 3 used the v2 order."""
-    return Ordering(state["seed"], state.get("shuffle_window", LEGACY_WINDOW))
+    """The ordering a checkpoint's stage ran with (a state in the current schema, ``state.migrate``; window 0 is the
+    order of state versions 1 and 2)."""
+    return Ordering(state["seed"], state["shuffle_window"])
 
 
 def entry_position(entry: Mapping, block_size: int) -> SourcePosition:
-    if "pinned_order" in entry:
-        pin = entry["pinned_order"]
-        pinned = (pin["epoch"], Ordering(pin["seed"], pin["shuffle_window"]))
-    elif "pinned_seed" in entry:  # state version 2: the epoch was ordered by that seed, in the v2 order
-        pinned = (entry["pinned_seed"]["epoch"], Ordering(entry["pinned_seed"]["seed"], LEGACY_WINDOW))
-    else:
-        pinned = None
+    """A source's entry of a state in the current schema as a position; an entry without a block size counts blocks
+    of ``block_size`` (0: not recorded)."""
+    pin = entry.get("pinned_order")
+    pinned = None if pin is None else (pin["epoch"], Ordering(pin["seed"], pin["shuffle_window"]))
     split = entry_split(entry["split"]) if "split" in entry else None
     return SourcePosition(entry["draws"], entry["blocks"], pinned, entry.get("block_size", block_size), split)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LEGACY_WINDOW = 0
-"""The shuffle window of state versions 1 and 2: their materialised chunk-local order."""
+"""The shuffle window of state versions 1 and 2: their materialised chunk-local order (``state.migrate`` names it)."""
 DEFAULT_SHUFFLE_WINDOW = 4
 SEED_LIMIT = 2**64
 """Seeds are whole numbers in [0, 2**64); all 64 bits order the epochs."""

@@ -59,14 +59,16 @@ def format_stage_plan(rows: Sequence[StagePlanRow], title: str) -> str:
             "steps ? (no global_batch_size)"
             if first.start_step is None
             else (
-                f"steps {first.start_step:,.0f} -> {'end' if first.end_step is None else format(first.end_step, ',.0f')}"
+                f"steps {first.start_step:,.0f} -> "
+                f"{'end' if first.end_step is None else format(first.end_step, ',.0f')}"
             )
         )
         tokens = (
             f"tokens {first.start_tokens:,} -> {'end' if first.end_tokens is None else format(first.end_tokens, ',')}"
         )
         lines.append(
-            f"stage {name}{' (added automatically: the first stage starts later)' if first.automatic else ''}: {steps}, {tokens}, "
+            f"stage {name}{' (added automatically: the first stage starts later)' if first.automatic else ''}: "
+            f"{steps}, {tokens}, "
             f"seq_len {first.seq_len}, seed {first.seed}"
             + (f"; inherited from the top level: {', '.join(first.inherited)}" if first.inherited else "")
         )
@@ -84,7 +86,8 @@ def format_stage_plan(rows: Sequence[StagePlanRow], title: str) -> str:
     lines.append(f"expected epochs per source over the run: {summary or '-'}")
     if open_ended:
         lines.append(
-            "(the last stage has no end: set its end_step, or run `sharded-mix plan` on the LitGPT config to use train.max_tokens)"
+            "(the last stage has no end: set its end_step, or run `sharded-mix plan` on the LitGPT config to use "
+            "train.max_tokens)"
         )
     return "\n".join(lines)
 

@@ -84,8 +84,8 @@ class Split:
 
     def describe(self) -> str:
         return (
-            f"epoch {self.epoch} keeps the node slices of {self.base.describe()}; its {self.unread():,} blocks unread at "
-            f"draw {self.start:,} are shared out anew"
+            f"epoch {self.epoch} keeps the node slices of {self.base.describe()}; its {self.unread():,} blocks "
+            f"unread at draw {self.start:,} are shared out anew"
         )
 
 

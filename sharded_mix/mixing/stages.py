@@ -212,8 +212,8 @@ def build_stages(
     if resolved[0].start.value > 0:
         if DEFAULT_STAGE in names:
             raise ValueError(
-                f"stages: the first stage {resolved[0].name!r} starts at {resolved[0].start}, so the steps before it get an "
-                f"automatic {DEFAULT_STAGE!r} stage, but a stage is already called {DEFAULT_STAGE!r}; rename it."
+                f"stages: the first stage {resolved[0].name!r} starts at {resolved[0].start}, so the steps before it "
+                f"get an automatic {DEFAULT_STAGE!r} stage, but a stage is already called {DEFAULT_STAGE!r}; rename it."
             )
         default_spec, _ = _stage_spec(DataStage(name=DEFAULT_STAGE), top, read_mix_file, "top level")
         resolved.insert(
@@ -286,16 +286,17 @@ def stage_starts(
         if index + 1 < len(stages) and starts[index + 1] <= starts[index]:
             nxt = stages[index + 1]
             raise ValueError(
-                f"stages are not in order: {nxt.name!r} starts at {nxt.start}, not after {stage.name!r} ({stage.start}); "
-                "list the stages in the order they run, each starting after the previous one."
+                f"stages are not in order: {nxt.name!r} starts at {nxt.start}, not after {stage.name!r} "
+                f"({stage.start}); list the stages in the order they run, each starting after the previous one."
             )
         if stage.end is not None:
             end = samples(stage.end, f"stage {stage.name!r} end")
             if index + 1 < len(stages) and end != starts[index + 1]:
                 kind = "a gap" if end < starts[index + 1] else "an overlap"
                 raise ValueError(
-                    f"stage {stage.name!r} ends at {stage.end} but {stages[index + 1].name!r} starts at {stages[index + 1].start}: "
-                    f"{kind}. Make the end equal the next start, or drop end_* (a stage runs until the next one starts)."
+                    f"stage {stage.name!r} ends at {stage.end} but {stages[index + 1].name!r} starts at "
+                    f"{stages[index + 1].start}: {kind}. Make the end equal the next start, or drop end_* (a stage "
+                    "runs until the next one starts)."
                 )
             if end <= starts[index]:
                 raise ValueError(f"stage {stage.name!r} ends at {stage.end}, not after its start {stage.start}.")

@@ -1,27 +1,24 @@
-"""The data state a checkpoint holds: its schema, checked on load, and what to do when the data changed (pure).
+"""The data state a checkpoint holds: its schema, one migration chain from every version written, the check (pure).
 
 ``MixtureLoader.state_dict`` writes it (``cursor.Cursor.state`` plus the run's batch size, world
-size, and each source's path and fingerprint); LitGPT saves it as ``train_dataloader`` in every
-checkpoint. Nothing here does I/O: the shards' fingerprints come from discovery.
+size, nodes, and each source's path and fingerprint); LitGPT saves it as ``train_dataloader`` in every
+checkpoint. A saved state of any readable version is checked as far as its migration needs, carried
+through the chain ``migrate`` (one small step per version) to the current version, and checked against
+the current schema; nothing downstream knows older versions. Nothing here does I/O: the shards'
+fingerprints come from discovery. What a resume does with the state is ``resume.py``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
-from sharded_mix.mixing.cursor import entry_split, split_entry
-from sharded_mix.mixing.slices import Split, Topology, reslice
+from sharded_mix.mixing.orders import LEGACY_WINDOW
 from sharded_mix.shards import Shard
 
 STATE_VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
-"""Version 5 records the number of nodes (each reads its slice of every epoch, ``slices.py``) and the split
-of an epoch that a resume on another topology re-sliced; earlier versions ran on one node. Version 4
-adds a fingerprint per source and orders epochs with all 64 bits of the seed; version 3 ordered them by
-shuffle windows (``orders.py``); an epoch a version 1 or 2 checkpoint started finishes in the order of
-those versions."""
+"""The current schema. Its ``shuffle_window`` (and a pin's) is 0 for the order of versions 1 and 2, which only the
+migration writes; an entry without a ``fingerprint`` is compared by its number of blocks."""
 SEED_BITS_BEFORE_V4 = 0xFFFFFFFF
 """Versions 1 to 3 ordered epochs with the low 32 bits of the seed."""
 
@@ -55,19 +52,124 @@ def _mapping(state: Mapping, key: str, required: bool = True) -> Mapping:
     return value
 
 
-def _check_entry(entry: object, where: str) -> None:
-    if not isinstance(entry, Mapping):
-        raise _fault(where, entry, "a mapping with draws and blocks")
+def _groups(state: Mapping) -> list[tuple[str, Mapping]]:
+    """``(field name, entry)`` of every source, in the blend and set aside."""
+    return [
+        *((f"sources[{source!r}]", entry) for source, entry in _mapping(state, "sources").items()),
+        *((f"dropped[{source!r}]", entry) for source, entry in _mapping(state, "dropped", required=False).items()),
+    ]
+
+
+def _check_pin(entry: Mapping, key: str, fields: tuple[str, ...], where: str) -> None:
+    if key in entry:
+        pin = entry[key]
+        if not isinstance(pin, Mapping):
+            raise _fault(f"{where}.{key}", pin, f"a mapping with {', '.join(fields)}")
+        for name in fields:
+            _whole(pin, name, f"{where}.{key}.")
+
+
+# The saved state, as any version wrote it: what the migration reads, so that it can carry it over safely.
+
+
+def _check_migratable(state: object) -> None:
+    if not isinstance(state, Mapping) or not state:
+        raise ValueError(
+            f"train_dataloader state in the checkpoint is {'empty' if isinstance(state, Mapping) else repr(state)}: "
+            "the checkpoint was written without a sharded_mix data position, so resuming would read every source from "
+            f"its first block again. {WAY_OUT}"
+        )
+    if state.get("version") not in READABLE_VERSIONS:
+        raise ValueError(
+            f"train_dataloader state version {state.get('version')!r} is not one of {READABLE_VERSIONS}; it was not "
+            "written by this sharded_mix (a newer one wrote it: upgrade sharded_mix, or resume from an earlier "
+            "checkpoint)."
+        )
+    _whole(state, "seed", "")
+    _whole(state, "block_size", "", minimum=2)
+    _whole(state, "shuffle_window", "", minimum=1, required=False)  # every version that saved one used >= 1
+    for where, entry in _groups(state):
+        if not isinstance(entry, Mapping):
+            raise _fault(where, entry, "a mapping with draws and blocks")
+        _check_pin(entry, "pinned_order", ("epoch", "seed", "shuffle_window"), where)
+        _check_pin(entry, "pinned_seed", ("epoch", "seed"), where)
+
+
+# The migration chain: step n carries a version-n state to version n + 1, without changing the input.
+
+
+def _entries(state: Mapping, change: Callable[[dict], dict]) -> dict:
+    """``sources`` and ``dropped`` of ``state`` with ``change`` applied to a copy of every entry."""
+    return {
+        group: {source: change(dict(entry)) for source, entry in state.get(group, {}).items()}
+        for group in ("sources", "dropped")
+    }
+
+
+def _v1_to_v2(state: Mapping) -> dict:
+    """Version 2 (data stages) records each source's block size: in version 1 a source of the blend drew blocks of
+    the state's size, and a set-aside one's size was not recorded."""
+    sources = {source: {"block_size": state["block_size"], **entry} for source, entry in state["sources"].items()}
+    return {**state, "version": 2, "sources": sources}
+
+
+def _v2_to_v3(state: Mapping) -> dict:
+    """Version 3 orders epochs in shuffle windows: a version 2 state ran the materialised chunk-local order
+    (window 0, ``orders.LegacyOrder``), and its pins name that order by seed (``pinned_seed``)."""
+
+    def pin_order(entry: dict) -> dict:
+        pin = entry.pop("pinned_seed", None)
+        if pin is not None:
+            entry.setdefault(
+                "pinned_order", {"epoch": pin["epoch"], "seed": pin["seed"], "shuffle_window": LEGACY_WINDOW}
+            )
+        return entry
+
+    window = state.get("shuffle_window", LEGACY_WINDOW)
+    return {**state, "version": 3, "shuffle_window": window, **_entries(state, pin_order)}
+
+
+def _v3_to_v4(state: Mapping) -> dict:
+    """Version 4 orders epochs with all 64 bits of the seed (and adds fingerprints, which a version 3 state cannot
+    have): the seeds of a version 3 state become the low 32 bits its orders used."""
+
+    def low_bits(entry: dict) -> dict:
+        pin = entry.get("pinned_order")
+        if pin is not None:
+            entry["pinned_order"] = dict(pin, seed=pin["seed"] & SEED_BITS_BEFORE_V4)
+        return entry
+
+    return {**state, "version": 4, "seed": state["seed"] & SEED_BITS_BEFORE_V4, **_entries(state, low_bits)}
+
+
+def _v4_to_v5(state: Mapping) -> dict:
+    """Version 5 records the nodes (each reads its slice of every epoch, ``slices.py``): earlier runs ran on one."""
+    return {**state, "version": 5, "nodes": state.get("nodes", 1)}
+
+
+MIGRATIONS: dict[int, Callable[[Mapping], dict]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+"""Version n -> the step to version n + 1."""
+READABLE_VERSIONS = (*MIGRATIONS, STATE_VERSION)
+
+
+def migrate(saved: object) -> dict:
+    """``saved``, of any readable version, in the current schema (a new dict; ``saved`` is not changed). Raises the
+    ``ValueError`` of ``validate_state`` when ``saved`` cannot be migrated."""
+    _check_migratable(saved)
+    state = dict(saved)
+    while state["version"] != STATE_VERSION:
+        state = MIGRATIONS[state["version"]](state)
+    return state
+
+
+# The current schema.
+
+
+def _check_entry(entry: Mapping, where: str) -> None:
     _whole(entry, "draws", f"{where}.")
     _whole(entry, "blocks", f"{where}.", minimum=1)
     _whole(entry, "block_size", f"{where}.", minimum=2, required=False)
-    for key, fields in (("pinned_order", ("epoch", "seed", "shuffle_window")), ("pinned_seed", ("epoch", "seed"))):
-        if key in entry:
-            pin = entry[key]
-            if not isinstance(pin, Mapping):
-                raise _fault(f"{where}.{key}", pin, f"a mapping with {', '.join(fields)}")
-            for name in fields:
-                _whole(pin, name, f"{where}.{key}.")
+    _check_pin(entry, "pinned_order", ("epoch", "seed", "shuffle_window"), where)
     if "split" in entry:
         _check_split(entry["split"], entry["blocks"], f"{where}.split")
     fingerprint = entry.get("fingerprint")
@@ -100,35 +202,21 @@ def _check_split(split: object, blocks: int, where: str) -> None:
         )
 
 
-def validate_state(state: object) -> None:
-    """One ``ValueError`` naming the first faulty field of a checkpoint's data state, if any."""
-    if not isinstance(state, Mapping) or not state:
-        raise ValueError(
-            f"train_dataloader state in the checkpoint is {'empty' if isinstance(state, Mapping) else repr(state)}: the "
-            f"checkpoint was written without a sharded_mix data position, so resuming would read every source from its "
-            f"first block again. {WAY_OUT}"
-        )
-    if state.get("version") not in READABLE_VERSIONS:
-        raise ValueError(
-            f"train_dataloader state version {state.get('version')!r} is not one of {READABLE_VERSIONS}; "
-            "it was not written by this sharded_mix (a newer one wrote it: upgrade sharded_mix, or resume from an earlier checkpoint)."
-        )
+def _check_current(state: Mapping) -> None:
     _whole(state, "samples", "")
     _whole(state, "seed", "")
     _whole(state, "block_size", "", minimum=2)
     _whole(state, "world_size", "", minimum=1)
-    _whole(state, "nodes", "", minimum=1, required=False)
-    if state["world_size"] % state.get("nodes", 1):
+    _whole(state, "nodes", "", minimum=1)
+    if state["world_size"] % state["nodes"]:
         raise _fault("nodes", state["nodes"], f"a divisor of world_size {state['world_size']}")
     _whole(state, "batch_size", "", minimum=1, required=False)
-    _whole(state, "shuffle_window", "", minimum=1, required=False)
+    _whole(state, "shuffle_window", "")
     sources, taken, weights = _mapping(state, "sources"), _mapping(state, "taken"), _mapping(state, "weights")
     if not sources:
         raise _fault("sources", dict(sources), "one entry per source of the blend")
-    for source, entry in sources.items():
-        _check_entry(entry, f"sources[{source!r}]")
-    for source, entry in _mapping(state, "dropped", required=False).items():
-        _check_entry(entry, f"dropped[{source!r}]")
+    for where, entry in _groups(state):
+        _check_entry(entry, where)
     if set(taken) != set(sources) or set(weights) != set(sources):
         raise _fault(
             "taken / weights", f"{sorted(taken)} / {sorted(weights)}", f"the ids of sources, {sorted(sources)}"
@@ -151,188 +239,14 @@ def validate_state(state: object) -> None:
         raise _fault("stop", stop, "the stop rule's record: {at_step, after_steps, from_step, run}")
 
 
-def samples_on(state: Mapping, world_size: int) -> int:
-    """The checkpoint's per-rank sample count, on ``world_size`` ranks: the same global position, so stage
-    boundaries stay at their steps when a run resumes on another number of ranks."""
-    total = state["samples"] * state["world_size"]
-    if total % world_size:
-        raise ValueError(
-            f"the checkpoint stopped after {state['samples']:,} samples on each of {state['world_size']} rank(s) "
-            f"({total:,} in all), which {world_size} ranks cannot split evenly; resume on a number of ranks that divides "
-            f"{total:,}, or from a checkpoint of another step."
-        )
-    return total // world_size
+def validate_state(saved: object) -> dict:
+    """A checkpoint's data state in the current schema: checked as far as its migration needs, migrated, and checked
+    against the current schema; one ``ValueError`` naming the first faulty field, if any."""
+    state = migrate(saved)
+    _check_current(state)
+    return state
 
 
 def fingerprint(shard: Shard) -> dict:
     """What identifies a shard's content in the state: its content hash (``Shard.fingerprint``), chunks and tokens."""
     return {"hash": shard.fingerprint, "chunks": shard.chunks, "tokens": shard.tokens}
-
-
-@dataclass(frozen=True)
-class DataChange:
-    """A source whose shard differs from the one the checkpoint read."""
-
-    source: str
-    path: str
-    saved: str
-    """What the checkpoint recorded (fingerprint, or blocks before version 4)."""
-    now: str
-    draws: int
-    blocks: int
-
-
-def data_changes(state: Mapping, shards: Mapping[str, Shard]) -> list[DataChange]:
-    """Sources of the checkpoint (in the blend or set aside) whose shard in ``shards`` changed since it was saved.
-
-    Version 4 compares content fingerprints; older states only the epoch size in blocks.
-    """
-    changes = []
-    entries = [*state["sources"].items(), *state.get("dropped", {}).items()]
-    for source, entry in entries:
-        shard = shards.get(source)
-        if shard is None:
-            continue
-        saved = entry.get("fingerprint")
-        if saved is not None:
-            now = fingerprint(shard)
-            if saved["hash"] == now["hash"]:
-                continue
-            described = [
-                f"{key} {saved.get(key, '?'):,} -> {now[key]:,}"
-                if isinstance(saved.get(key), int)
-                else f"{key} ? -> {now[key]:,}"
-                for key in ("chunks", "tokens")
-                if saved.get(key) != now[key]
-            ]
-            changes.append(
-                DataChange(
-                    source,
-                    shard.path,
-                    f"content {saved['hash']}",
-                    f"content {now['hash']}" + (f" ({', '.join(described)})" if described else ""),
-                    entry["draws"],
-                    entry["blocks"],
-                )
-            )
-            continue
-        blocks_now = shard.blocks(entry.get("block_size") or state["block_size"])
-        if blocks_now != entry["blocks"]:
-            changes.append(
-                DataChange(
-                    source,
-                    shard.path,
-                    f"{entry['blocks']:,} blocks",
-                    f"{blocks_now:,} blocks",
-                    entry["draws"],
-                    entry["blocks"],
-                )
-            )
-    return changes
-
-
-def apply_data_change(
-    state: Mapping, changes: list[DataChange], shards: Mapping[str, Shard], policy: str
-) -> tuple[dict, str]:
-    """The state to resume from under ``on_data_change`` = ``policy``, and the WARNING that says what it costs.
-
-    ``error`` raises; ``restart`` starts each changed source at its first block (blocks it gave may come
-    again); ``continue`` keeps each one's draw count over the new content (its epoch in progress may skip or
-    repeat blocks).
-    """
-    listing = "\n  ".join(
-        f"{change.source} ({change.path}): {change.saved} in the checkpoint, {change.now} now; the checkpoint had drawn "
-        f"{change.draws:,} blocks of it"
-        for change in changes
-    )
-    if policy == "error":
-        raise ValueError(
-            f"on_data_change=error: {len(changes)} source(s) changed since the checkpoint was written:\n  {listing}\n"
-            "Resuming would read the old positions over new data. Restore the shards the run trained on, resume from a "
-            "checkpoint written with this data, or set on_data_change: restart (the changed sources start over: blocks "
-            "they already gave are read again) or on_data_change: continue (they keep their positions over the new "
-            "content: blocks of their epoch in progress may be skipped or repeated)."
-        )
-    resumed = dict(state)
-    for group in ("sources", "dropped"):
-        resumed[group] = {source: dict(entry) for source, entry in state.get(group, {}).items()}
-    for change in changes:
-        group = "sources" if change.source in resumed["sources"] else "dropped"
-        entry = resumed[group][change.source]
-        entry["blocks"] = shards[change.source].blocks(entry.get("block_size") or state["block_size"])
-        entry["fingerprint"] = fingerprint(shards[change.source])
-        if policy == "restart":
-            _start_over(entry)
-    if policy == "restart":
-        cost = "each starts over from its first block; the blocks it had given may be trained on again"
-    else:
-        cost = "each keeps its draw count over the new content; its epoch in progress may skip or repeat blocks"
-    return (
-        resumed,
-        f"on_data_change={policy}: {len(changes)} source(s) changed since the checkpoint:\n  {listing}\n{cost}.",
-    )
-
-
-def _start_over(entry: dict) -> None:
-    entry["draws"] = 0
-    for key in ("pinned_order", "pinned_seed", "split"):
-        entry.pop(key, None)
-
-
-def restarted(state: Mapping) -> dict:
-    """``state`` with every source back at its first block; the blend and stage positions (the step) are kept."""
-    resumed = dict(state)
-    for group in ("sources", "dropped"):
-        resumed[group] = {source: dict(entry) for source, entry in state.get(group, {}).items()}
-        for entry in resumed[group].values():
-            _start_over(entry)
-    return resumed
-
-
-def with_full_seeds(state: Mapping) -> Mapping:
-    """A state of versions 1 to 3 with its seeds as those versions used them (low 32 bits), so an epoch they
-    started keeps its order; from version 4 seeds are used whole."""
-    if state["version"] >= 4:
-        return state
-    upgraded = dict(state, seed=state["seed"] & SEED_BITS_BEFORE_V4)
-    for group in ("sources", "dropped"):
-        upgraded[group] = {
-            source: {
-                key: (
-                    dict(value, seed=value["seed"] & SEED_BITS_BEFORE_V4)
-                    if key in ("pinned_order", "pinned_seed")
-                    else value
-                )
-                for key, value in entry.items()
-            }
-            for source, entry in state.get(group, {}).items()
-        }
-    return upgraded
-
-
-def state_topology(state: Mapping) -> Topology:
-    """The topology a checkpoint ran on (before version 5: one node)."""
-    return Topology(state["world_size"], state.get("nodes", 1))
-
-
-def resliced(state: Mapping, topology: Topology) -> Mapping:
-    """The state to resume on ``topology``: when the node layout changed, each source in the middle of an epoch
-    (in the blend or set aside) has the rest of that epoch shared out among the new nodes (``slices.reslice``), so
-    nothing is read twice or skipped. One node before and after needs nothing: the epoch is not sliced."""
-    old = state_topology(state)
-    if old == topology or old.nodes == topology.nodes == 1:
-        return state
-    moved = dict(state, nodes=topology.nodes)
-    for group in ("sources", "dropped"):
-        moved[group] = {source: dict(entry) for source, entry in state.get(group, {}).items()}
-        for entry in moved[group].values():
-            blocks = entry["blocks"]
-            epoch, offset = divmod(entry["draws"], blocks)
-            split = entry_split(entry["split"]) if "split" in entry else None
-            if not offset:
-                entry.pop("split", None)
-                continue
-            if split is None or split.epoch != epoch:
-                split = Split.whole(old, epoch, blocks)
-            entry["split"] = split_entry(reslice(split, old, entry["draws"], topology, blocks))
-    return moved

@@ -10,11 +10,16 @@ again before the epoch ends.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from sharded_mix.mixing.orders import LEGACY_WINDOW, Ordering
 from sharded_mix.mixing.slices import Split
+
+if TYPE_CHECKING:
+    from sharded_mix.mixing.cursor import StreamStage
 
 Pin = tuple[int, Ordering]
 """``(epoch, ordering)``: that epoch of the source keeps that ordering, whatever the run's is."""
@@ -42,7 +47,8 @@ class SourcePosition:
         return self.draws % self.blocks
 
     def settled(self, ordering: Ordering) -> SourcePosition:
-        """Drop a pin or split that no longer matters: its epoch is over, or the pin names ``ordering``, the one in force."""
+        """Drop a pin or split that no longer matters: its epoch is over, or the pin names ``ordering``, the one in
+        force."""
         settled = self
         if self.pin is not None and (self.pin[0] != self.epoch or self.offset == 0 or self.pin[1] == ordering):
             settled = replace(settled, pin=None)
@@ -133,14 +139,18 @@ def format_transition(
     details: Sequence[str] = (),
 ) -> str:
     """A fixed-format block: old and new weight per source and the position carried over."""
-    header = f"{'source':<14} {'old weight':>11} {'new weight':>11}  {'status':<10} {'epoch':>6} {'position / blocks':>20}  note"
+    header = (
+        f"{'source':<14} {'old weight':>11} {'new weight':>11}  {'status':<10} {'epoch':>6} "
+        f"{'position / blocks':>20}  note"
+    )
     lines = [f"===== {banner}: {heading} =====", *details]
     changes = [f"seed {old.seed} -> {new.seed}"] if old.seed != new.seed else []
     if old.window != new.window:
         changes.append(f"shuffle window {window_name(old.window)} -> {window_name(new.window)}")
     if changes:
         lines.append(
-            f"{', '.join(changes)}: a source in mid-epoch finishes it in the old order; the new one orders its next epochs"
+            f"{', '.join(changes)}: a source in mid-epoch finishes it in the old order; the new one orders its next "
+            "epochs"
         )
     lines += [header, "-" * len(header)]
     for row in rows:
@@ -166,3 +176,66 @@ def pin_note(pin: Pin) -> str:
     """How a pinned epoch is ordered, for the logs and ``data-position``."""
     epoch, ordering = pin
     return f"epoch {epoch} keeps {ordering.describe()}"
+
+
+def stage_transition_text(old: StreamStage, new: StreamStage, rows: Sequence[TransitionRow], samples: int) -> str:
+    """The ``DATA STAGE TRANSITION`` block logged where the stream enters stage ``new``."""
+    changed = []
+    if old.weights != new.weights:
+        changed.append("weights")
+    if old.seed != new.seed:
+        changed.append(f"seed {old.seed} -> {new.seed}")
+    if old.block_size != new.block_size:
+        changed.append(f"seq_len {old.block_size - 1} -> {new.block_size - 1}")
+    heading = f"{new.label} ({samples:,} samples per rank): {old.name} -> {new.name}"
+    details = [f"changed: {', '.join(changed) or 'nothing'}"]
+    return format_transition(rows, heading, old.ordering, new.ordering, banner="DATA STAGE TRANSITION", details=details)
+
+
+def resume_notes(
+    state: Mapping, stage: StreamStage, rows: Sequence[TransitionRow] | None, batch_size: int
+) -> list[tuple[int, str]]:
+    """The (level, message) lines of a resume into ``stage`` from ``state`` (``rows``: the carry-over, None when
+    the checkpoint's blend continues as it was)."""
+    notes = []
+    saved, ordering = Ordering(state["seed"], state["shuffle_window"]), stage.ordering
+    if rows is not None:
+        batches = state["samples"] // batch_size
+        heading = (
+            f"resuming after {state['samples']:,} samples per rank ({batches:,} batches of {batch_size}) "
+            f"in stage {stage.name}"
+        )
+        old_size, new_size = state["block_size"], stage.block_size
+        details = (
+            []
+            if old_size == new_size
+            else [f"block size {old_size} -> {new_size} (seq_len {old_size - 1} -> {new_size - 1})"]
+        )
+        notes.append((logging.INFO, format_transition(rows, heading, saved, ordering, details=details)))
+        if state.get("stage") == stage.name and old_size != new_size:
+            notes.append((logging.WARNING, block_size_change_warning(state, new_size)))
+    if rows is None and saved != ordering:
+        notes.append(
+            (
+                logging.INFO,
+                f"resuming with {ordering.describe()}; the checkpoint ran with {saved.describe()}: each source "
+                "finishes its epoch in progress in the checkpoint's order, and its next epochs follow the new one",
+            )
+        )
+    return notes
+
+
+def block_size_change_warning(state: Mapping, block_size: int) -> str:
+    """The cost of resuming a stage with another ``max_seq_length``: the rest of each epoch in progress."""
+    unread = [
+        entry["blocks"] - entry["draws"] % entry["blocks"]
+        for entry in state["sources"].values()
+        if entry["draws"] % entry["blocks"]
+    ]
+    old = state["block_size"]
+    return (
+        f"train.max_seq_length changed since the checkpoint ({old - 1} -> {block_size - 1}): blocks of the new length "
+        f"cannot continue the old epochs, so {len(unread)} source(s) in mid-epoch start their next epoch now and "
+        f"{sum(unread):,} blocks of {old} tokens left in those epochs are not read in this pass. Resume with "
+        f"max_seq_length {old - 1} to keep them, or make the change a data stage with seq_len."
+    )

@@ -10,7 +10,8 @@ Pure: mix files are read by ``config.load_mix_file``. The rules (also in the REA
 - proportional: a shard's weight is its token count times its type's multiplier (default 1);
 - temperature T applies where the user gave the weights (per shard for literal and
   proportional, per type for weighted, before the split): p ∝ w^(1/T);
-- a zero weight excludes a source; the result is normalised to sum to 1;
+- a zero weight excludes a source; the result is normalised to sum to 1 (a weighted or literal blend
+  whose weights do not sum to 1 gets one WARNING with the blend as given and as used);
 - with nothing given, the blend is ``main: 1`` (the reference implementation's default).
 """
 
@@ -192,6 +193,21 @@ def _normalise(weights: Mapping[str, float], origin: str) -> dict[str, float]:
             f"{origin}: every source ends up with weight 0; give at least one existing source a positive weight."
         )
     return {name: value / total for name, value in weights.items() if value > 0}
+
+
+def normalisation_note(spec: MixSpec) -> str | None:
+    """The WARNING for a weighted or literal blend whose weights do not sum to 1 (they are normalised), else None."""
+    if spec.mode == "proportional" or not spec.weights:
+        return None
+    total = sum(spec.weights.values())
+    if math.isclose(total, 1.0, rel_tol=0.0, abs_tol=1e-6):
+        return None
+    given = ",".join(f"{name}:{value:g}" for name, value in spec.weights.items())
+    used = ",".join(f"{name}:{value / total:.4g}" for name, value in spec.weights.items())
+    return (
+        f"{spec.origin}: the weights sum to {total:g}, not 1; they are normalised. As given: {given}; as used: {used}. "
+        "Write weights that sum to 1 to silence this (a typo such as 0.5 for 0.2 shows here)."
+    )
 
 
 def check_type_names(spec: MixSpec, known_types: Sequence[str]) -> None:

@@ -1,7 +1,8 @@
 """A node-local cache of remote shards' chunk files, so they are read through the same memory maps as local shards.
 
-Each chunk is downloaded whole, once per node (again only if it was evicted): the processes of a node (ranks × DataLoader workers) share the cache
-directory, an exclusive ``flock`` on ``<chunk file>.lock`` serializes check-then-download, and downloads are atomic
+Each chunk is downloaded whole, once per node (again only if it was evicted): the processes of a node (ranks ×
+DataLoader workers) share the cache directory, an exclusive ``flock`` on ``<chunk file>.lock`` serializes
+check-then-download, and downloads are atomic
 (``RemoteDir.download``). A cached file whose size differs from what the shard's ``index.json`` implies is fetched
 again. Shards live in ``<cache_dir>/<16 hex of sha256(shard URL, fingerprint)>``. With ``max_bytes`` the cache evicts,
 after each download, the least recently used chunks outside what this process reads now or next.

@@ -1,4 +1,5 @@
-"""Whether a shard's chunk files are there as its ``index.json`` says: one ``stat`` and one ``access`` per chunk, no reads.
+"""Whether a shard's chunk files are there as its ``index.json`` says: one ``stat`` and one ``access`` per chunk, no
+reads.
 
 A chunk file must be a plain file name inside the shard, exist, be a readable regular file and, in the
 plain TokensLoader layout, have exactly the size its index entry implies (header + ``dim`` tokens of
@@ -20,7 +21,8 @@ CHUNK_FIXES = "restore the file, or re-run `sharded-mix prepare` for this shard"
 
 
 def chunk_file_problem(shard: Shard, chunk: int) -> str | None:
-    """What is wrong with chunk file ``chunk`` of ``shard`` on disk, or None (the message names the file, not the shard)."""
+    """What is wrong with chunk file ``chunk`` of ``shard`` on disk, or None (the message names the file, not the
+    shard)."""
     name = shard.chunk_files[chunk]
     if not is_plain_file_name(name):
         return (
@@ -42,8 +44,9 @@ def chunk_file_problem(shard: Shard, chunk: int) -> str | None:
     if expected is not None and info.st_size != expected:
         return (
             f"chunk file {path!r} holds {info.st_size:,} bytes, expected {expected:,} (index.json: "
-            f"{shard.chunk_tokens[chunk]:,} {shard.dtype} tokens after a {chunk_header_bytes(shard.chunk_items[chunk]):,}-byte "
-            f"header): {size_mismatch_cause(shard, chunk, info.st_size)}; {CHUNK_FIXES}."
+            f"{shard.chunk_tokens[chunk]:,} {shard.dtype} tokens after a "
+            f"{chunk_header_bytes(shard.chunk_items[chunk]):,}-byte header): "
+            f"{size_mismatch_cause(shard, chunk, info.st_size)}; {CHUNK_FIXES}."
         )
     return None
 

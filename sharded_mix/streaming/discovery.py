@@ -110,7 +110,8 @@ class BaseScan:
     def add(self, shard_id: str, type_name: str, path: str, problem: str | None = None) -> None:
         if shard_id in self.seen:
             raise ValueError(
-                f"data_path {self.base!r}: shard {shard_id!r} exists both as {self.seen[shard_id]!r} and {path!r}; keep one of them."
+                f"data_path {self.base!r}: shard {shard_id!r} exists both as {self.seen[shard_id]!r} and {path!r}; "
+                "keep one of them."
             )
         self.seen[shard_id] = path
         if problem:
@@ -124,8 +125,8 @@ class BaseScan:
             if self.seen:
                 raise ValueError(
                     f"data_path {self.base!r} holds an {INDEX_FILE} of its own and shard directories "
-                    f"({', '.join(sorted(self.seen, key=_natural_key)[:5])}); a base is either one litdata directory or a "
-                    f"directory of shards: move the stray {INDEX_FILE} away, or point data_path at one of them."
+                    f"({', '.join(sorted(self.seen, key=_natural_key)[:5])}); a base is either one litdata directory "
+                    f"or a directory of shards: move the stray {INDEX_FILE} away, or point data_path at one of them."
                 )
             self.found = [(MAIN_TYPE, MAIN_TYPE, self.base)]
         self.found.sort(key=lambda item: _natural_key(item[0]))
@@ -224,7 +225,8 @@ def scan_base(base: str | Path, shard_types: Mapping[str, str]) -> BaseScan:
 
 
 def scan_remote_base(base: str, shard_types: Mapping[str, str], storage_options: Mapping | None = None) -> BaseScan:
-    """``scan_base`` for a URL: one listing of the base (and of ``main/``); each shard's index is checked when loaded."""
+    """``scan_base`` for a URL: one listing of the base (and of ``main/``); each shard's index is checked when
+    loaded."""
     base = base.rstrip("/")
     scan = BaseScan(base)
     directory = RemoteDir(base, storage_options)
@@ -264,8 +266,8 @@ def discover_shards(
         scan = scan_remote_base(str(base), types, storage_options)
         if not scan.found and not scan.problems:
             raise ValueError(
-                f"{field} {str(base)!r}: nothing found there (no shard directories and no {INDEX_FILE}); check the URL, "
-                "or upload your shards."
+                f"{field} {str(base)!r}: nothing found there (no shard directories and no {INDEX_FILE}); check the "
+                "URL, or upload your shards."
             )
     elif not os.path.isdir(base):
         raise ValueError(
@@ -296,8 +298,9 @@ def discover_shards(
     if problems:
         listing = "\n  ".join(problems)
         raise ValueError(
-            f"{field} {str(base)!r}: {len(problems)} shard director{'y is' if len(problems) == 1 else 'ies are'} not usable, "
-            f"and leaving {'it' if len(problems) == 1 else 'them'} out would silently change the blend:\n  {listing}\n"
+            f"{field} {str(base)!r}: {len(problems)} shard director{'y is' if len(problems) == 1 else 'ies are'} not "
+            f"usable, and leaving {'it' if len(problems) == 1 else 'them'} out would silently change the blend:\n  "
+            f"{listing}\n"
             f"For each: {SHARD_FIXES}."
         )
     if not shards:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import TypeVar
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 NODE_RANK_VARIABLES = ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID")
 """Set by Lightning, torchrun and SLURM: the node of this process, to check that ranks are numbered node by node."""
+
+
+def log_rank_zero(message: str, *args) -> None:
+    """An INFO line from global rank zero only (plans, transitions)."""
+    if rank_zero_only.rank == 0:
+        logger.info(message, *args)
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -41,17 +50,17 @@ def check_node_layout(rank: int, world_size: int, nodes: int) -> None:
     """Refuse a layout whose ranks are not numbered node by node (each node must read its own slices)."""
     if world_size % nodes:
         raise ValueError(
-            f"nodes is {nodes} but the job has {world_size} rank(s): set nodes to the number of nodes, each running the "
-            "same number of ranks."
+            f"nodes is {nodes} but the job has {world_size} rank(s): set nodes to the number of nodes, each running "
+            "the same number of ranks."
         )
     per_node = world_size // nodes
     for name in NODE_RANK_VARIABLES:
         value = os.environ.get(name)
         if value is not None and value.isdigit() and nodes > 1 and int(value) != rank // per_node:
             raise ValueError(
-                f"rank {rank} runs on node {value} ({name}), but with {nodes} nodes of {per_node} ranks it should be on node "
-                f"{rank // per_node}: the launcher does not number ranks node by node. Set nodes to the number of nodes it "
-                "uses, or launch with consecutive ranks per node (Lightning, torchrun and srun do)."
+                f"rank {rank} runs on node {value} ({name}), but with {nodes} nodes of {per_node} ranks it should be "
+                f"on node {rank // per_node}: the launcher does not number ranks node by node. Set nodes to the number "
+                "of nodes it uses, or launch with consecutive ranks per node (Lightning, torchrun and srun do)."
             )
 
 

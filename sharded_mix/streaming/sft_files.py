@@ -62,7 +62,8 @@ def apply_template(records: Sequence[dict], template: Mapping[str, str] | None, 
         for key in REQUIRED_FIELDS:
             if not isinstance(record.get(key), str):
                 raise ValueError(
-                    f"{where}: record {number} has no text field {key!r} (fields: {', '.join(sorted(record)) or 'none'}); "
+                    f"{where}: record {number} has no text field {key!r} "
+                    f"(fields: {', '.join(sorted(record)) or 'none'}); "
                     "use alpaca-style instruction/input/output records, or give a template for this source, e.g. "
                     "{instruction: '{question}', output: '{answer}'}."
                 )

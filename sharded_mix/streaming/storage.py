@@ -78,7 +78,8 @@ _ENVIRONMENT_PREFIX = {
 
 
 def is_url(path: object) -> bool:
-    """Whether ``path`` is a string URL of a remote store obstore reads; local paths, ``Path``s and ``file://`` are not."""
+    """Whether ``path`` is a string URL of a remote store obstore reads; local paths, ``Path``s and ``file://`` are
+    not."""
     if not isinstance(path, str):
         return False
     scheme, separator, _ = path.partition("://")
@@ -86,7 +87,8 @@ def is_url(path: object) -> bool:
 
 
 def join_url(base: str, *parts: str) -> str:
-    """``base`` and ``parts`` joined with exactly one ``/`` between them (``Path`` would turn ``s3://`` into ``s3:/``)."""
+    """``base`` and ``parts`` joined with exactly one ``/`` between them (``Path`` would turn ``s3://`` into
+    ``s3:/``)."""
     pieces = [base.rstrip("/")] + [part.strip("/") for part in parts]
     return "/".join(piece for piece in pieces if piece)
 
@@ -143,7 +145,8 @@ def _retry_value(name: str, value: object) -> object:
         return value if isinstance(value, timedelta) else timedelta(seconds=float(value))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ValueError(
-            f"storage_options {name}: expected a number{' of seconds' if name == 'retry_timeout' else ''}, got {value!r}"
+            f"storage_options {name}: expected a number{' of seconds' if name == 'retry_timeout' else ''}, "
+            f"got {value!r}"
         ) from None
 
 
@@ -245,7 +248,8 @@ class RemoteDir:
                 self._store = from_url(self.url, config=config or None, client_options=client, retry_config=retry)
             except UnknownConfigurationKeyError as err:
                 raise ValueError(
-                    f"storage_options for {self.url!r}: {_short_reason(err)[0]} (see obstore's store and client config keys)"
+                    f"storage_options for {self.url!r}: {_short_reason(err)[0]} (see obstore's store and client "
+                    "config keys)"
                 ) from err
             except (BaseError, TypeError, ValueError) as err:
                 raise ValueError(
@@ -298,7 +302,8 @@ class RemoteDir:
         return ObjectInfo(meta["size"], meta["e_tag"])
 
     def download(self, relative: str, destination: str | Path) -> int:
-        """Stream one object into ``destination`` atomically (a temporary file beside it, then ``os.replace``); bytes written."""
+        """Stream one object into ``destination`` atomically (a temporary file beside it, then ``os.replace``);
+        bytes written."""
         import obstore
 
         url = self.url_of(relative)

@@ -15,7 +15,7 @@ again. Stages switch between batches; a changed blend carries each source's posi
 (``transition.py``). The position is plain data keyed by shard id: saving and restoring it
 costs the same at any step.
 
-Validation: litdata's ``CombinedStreamingDataset`` over unshuffled shards (finite, deterministic).
+Validation is ``validation.py``.
 """
 
 from __future__ import annotations
@@ -23,62 +23,44 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sharded_mix.mixing.cursor import Cursor, StreamStage, saved_ordering
+from sharded_mix.mixing.cursor import Cursor, StreamStage
 from sharded_mix.mixing.orders import DEFAULT_SHUFFLE_WINDOW
+from sharded_mix.mixing.resume import ResumeTarget, resume_state, set_aside_fingerprints
+from sharded_mix.mixing.run_plan import RunPlan, stream_stage
 from sharded_mix.mixing.slices import Topology
-from sharded_mix.mixing.state import (
-    STATE_VERSION,
-    apply_data_change,
-    data_changes,
-    fingerprint,
-    resliced,
-    restarted,
-    samples_on,
-    state_topology,
-    validate_state,
-    with_full_seeds,
-)
-from sharded_mix.mixing.transition import format_transition
+from sharded_mix.mixing.state import STATE_VERSION, fingerprint
+from sharded_mix.mixing.stop import StopRule
+from sharded_mix.mixing.transition import resume_notes, stage_transition_text
 from sharded_mix.shards import Shard
 from sharded_mix.streaming.cache import ChunkCache
 from sharded_mix.streaming.distributed import distributed_rank_world
 from sharded_mix.streaming.sources import ChunkMaps, SourceReader
 from sharded_mix.streaming.storage import is_url
-from sharded_mix.training.stop import StopRule
 
 logger = logging.getLogger(__name__)
 
 
-def stream_stage(
-    shards: Sequence[Shard],
-    weights: Mapping[str, float],
-    block_size: int,
-    seed: int,
-    name: str = "default",
-    start: int = 0,
-    label: str = "sample 0",
-    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
-) -> StreamStage:
-    """A stage drawing the shards of positive weight in blocks of ``block_size`` from sample ``start`` (per rank);
-    with the defaults, the one stage of a run without ``stages``."""
-    chosen = {shard.id: shard for shard in shards if weights.get(shard.id, 0) > 0}
-    return StreamStage(
-        name,
-        start,
-        {source: weights[source] for source in chosen},
-        seed,
-        block_size,
-        {source: shard.blocks(block_size) for source, shard in chosen.items()},
-        label,
-        shuffle_window,
-    )
+@dataclass(frozen=True, kw_only=True)
+class ReadOptions:
+    """How the training stream reads, as opposed to what it reads (``RunPlan``)."""
+
+    shuffle: bool = True
+    num_workers: int = 0
+    max_epochs_per_source: int | None = None
+    on_data_change: str = "error"
+    restart_on_resume: bool = False
+    cache: ChunkCache | None = None
+    """The node's cache of remote chunk files (remote shards only)."""
+    prefetch_chunks: int = 0
+    """Chunks each process downloads ahead of its window (remote shards only)."""
+    nodes: int = 1
 
 
 class MixtureStream(IterableDataset):
@@ -90,7 +72,8 @@ class MixtureStream(IterableDataset):
         shards: Sequence[Shard],
         stages: Sequence[StreamStage],
         batch_size: int,
-        shuffle: bool,
+        *,
+        shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
         cache: ChunkCache | None = None,
@@ -185,41 +168,35 @@ class MixtureLoader(DataLoader):
     """A DataLoader over a ``MixtureStream`` whose ``state_dict`` is the stream position (LitGPT saves it)."""
 
     def __init__(
-        self,
-        dataset: MixtureStream,
-        num_workers: int,
-        max_epochs_per_source: int | None = None,
-        on_data_change: str = "error",
-        stop: StopRule = StopRule(),
-        global_batch_size: int | None = None,
-        run: str | None = None,
-        restart_on_resume: bool = False,
-        run_steps: int | None = None,
+        self, dataset: MixtureStream, options: ReadOptions = ReadOptions(), plan: RunPlan | None = None
     ) -> None:
         remote = any(is_url(shard.path) for shard in dataset.shards.values())
         # obstore's runtime does not survive fork() once the main process has used it (discovery did)
-        context = "forkserver" if remote and num_workers > 0 else None
+        context = "forkserver" if remote and options.num_workers > 0 else None
         super().__init__(
-            dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is, multiprocessing_context=context
+            dataset,
+            batch_size=None,
+            num_workers=options.num_workers,
+            collate_fn=_as_is,
+            multiprocessing_context=context,
         )
         self._pin = torch.cuda.is_available()
-        self.max_epochs_per_source = max_epochs_per_source
-        self.on_data_change = on_data_change
+        self.max_epochs_per_source = options.max_epochs_per_source
+        self.on_data_change = options.on_data_change
+        self.restart_on_resume = options.restart_on_resume
         self.cursor = Cursor(dataset.stages, dataset.world_size)
         self._saved_fingerprints: dict[str, dict] = {}  # of set-aside sources this run does not read
-        self.stop, self.global_batch_size, self.run, self.restart_on_resume = (
-            stop,
-            global_batch_size,
-            run,
-            restart_on_resume,
-        )
-        self.stop_anchor = 0  # the step stop_after_steps counts from
-        self.run_steps = run_steps  # where train.max_tokens ends the run (None: unknown)
-        if stop.active and global_batch_size is None:
-            name = "stop_at_step" if stop.at_step is not None else "stop_after_steps"
+        self.stop = plan.stop if plan is not None else StopRule()
+        self.global_batch_size = plan.global_batch_size if plan is not None else None
+        self.run = plan.run if plan is not None else None  # the run's out_dir (stop_after_steps anchors are per run)
+        self.stop_anchor = plan.stop_anchor if plan is not None else 0  # the step stop_after_steps counts from
+        self.run_steps = plan.run_steps if plan is not None else None  # where train.max_tokens ends the run
+        self._stop_announced = False
+        if self.stop.active and self.global_batch_size is None:
+            name = "stop_at_step" if self.stop.at_step is not None else "stop_after_steps"
             raise ValueError(
-                f"{name} is set but the data args have no global_batch_size, so the step cannot be turned into samples; "
-                "set global_batch_size (= train.global_batch_size) in the data init_args."
+                f"{name} is set but the data args have no global_batch_size, so the step cannot be turned into "
+                "samples; set global_batch_size (= train.global_batch_size) in the data init_args."
             )
 
     def __len__(self) -> int:
@@ -235,7 +212,8 @@ class MixtureLoader(DataLoader):
         cursor = self.cursor
         next_wrap = self._epoch_ends(cursor)
         if stream.stop is not None and cursor.samples >= stream.stop:
-            self._log_stop("resumed at the stop step; no batch is left")
+            if not self._stop_announced:  # LitGPT iterates again after the stop: say it once
+                self._log_stop("resumed at the stop step; no batch is left")
             return
         for batch, sources in super().__iter__():
             if cursor.due():
@@ -263,6 +241,7 @@ class MixtureLoader(DataLoader):
         return None if step is None else step * self.global_batch_size // self.dataset.world_size
 
     def _log_stop(self, detail: str) -> None:
+        self._stop_announced = True
         if rank_zero_only.rank == 0:
             logger.info(
                 "DATA STOP: %s reached (%s); the training stream ends here",
@@ -287,31 +266,16 @@ class MixtureLoader(DataLoader):
         if self.max_epochs_per_source is not None and epoch >= self.max_epochs_per_source:
             raise ValueError(
                 f"max_epochs_per_source={self.max_epochs_per_source}: source {source!r} ({shard.path}) holds "
-                f"{blocks:,} blocks ({shard.tokens:,} tokens) and the run has asked {draws * self.cursor.stage.block_size:,} "
-                "tokens of it; lower its weight, add data, or raise max_epochs_per_source."
+                f"{blocks:,} blocks ({shard.tokens:,} tokens) and the run has asked "
+                f"{draws * self.cursor.stage.block_size:,} tokens of it; lower its weight, add data, or raise "
+                "max_epochs_per_source."
             )
         if rank_zero_only.rank == 0:
             logger.info("source %s finished epoch %d; starting epoch %d, reshuffled", source, epoch - 1, epoch)
 
     def _log_stage_transition(self, old: StreamStage, rows: list) -> None:
-        if rank_zero_only.rank != 0:
-            return
-        new = self.cursor.stage
-        changed = []
-        if old.weights != new.weights:
-            changed.append("weights")
-        if old.seed != new.seed:
-            changed.append(f"seed {old.seed} -> {new.seed}")
-        if old.block_size != new.block_size:
-            changed.append(f"seq_len {old.block_size - 1} -> {new.block_size - 1}")
-        heading = f"{new.label} ({self.cursor.samples:,} samples per rank): {old.name} -> {new.name}"
-        details = [f"changed: {', '.join(changed) or 'nothing'}"]
-        logger.info(
-            "%s",
-            format_transition(
-                rows, heading, old.ordering, new.ordering, banner="DATA STAGE TRANSITION", details=details
-            ),
-        )
+        if rank_zero_only.rank == 0:
+            logger.info("%s", stage_transition_text(old, self.cursor.stage, rows, self.cursor.samples))
 
     def state_dict(self) -> dict:
         stream: MixtureStream = self.dataset
@@ -335,72 +299,17 @@ class MixtureLoader(DataLoader):
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from a checkpoint's position; with a changed blend, seed or block size, carry each source over."""
         stream: MixtureStream = self.dataset
-        validate_state(state)
-        state = with_full_seeds(state)
-        changes = data_changes(state, stream.shards)
-        if changes:
-            state, message = apply_data_change(state, changes, stream.shards, self.on_data_change)
-            if rank_zero_only.rank == 0:
-                logger.warning("%s", message)
-        self._saved_fingerprints = {
-            source: entry["fingerprint"] for source, entry in state.get("dropped", {}).items() if "fingerprint" in entry
-        }
-        if state_topology(state) != stream.topology:
-            if rank_zero_only.rank == 0 and (state_topology(state).nodes > 1 or stream.topology.nodes > 1):
-                logger.info(
-                    "resuming data on %s (the checkpoint ran on %s): the rest of each epoch in progress is shared out "
-                    "among the nodes anew, without repeats or skips",
-                    stream.topology.describe(),
-                    state_topology(state).describe(),
-                )
-            state = resliced(state, stream.topology)
-        if state["world_size"] != stream.world_size:
-            samples = samples_on(state, stream.world_size)
-            if rank_zero_only.rank == 0:
-                logger.info(
-                    "resuming data on %d ranks (the checkpoint ran on %d): %d samples per rank there are %d here, so every "
-                    "stage still starts at its step",
-                    stream.world_size,
-                    state["world_size"],
-                    state["samples"],
-                    samples,
-                )
-            state = dict(state, samples=samples, world_size=stream.world_size)
-        if self.restart_on_resume:
-            drawn = sum(entry["draws"] for entry in state["sources"].values())
-            state = restarted(state)
-            if rank_zero_only.rank == 0:
-                logger.warning(
-                    "restart_data_on_resume: every source starts over from its first block (the checkpoint had drawn %s blocks "
-                    "of them); blocks already trained on come again. The blend and the stages keep their steps.",
-                    f"{drawn:,}",
-                )
+        target = ResumeTarget(stream.shards, stream.topology, self.on_data_change, self.restart_on_resume)
+        state, notes = resume_state(state, target)
+        if rank_zero_only.rank == 0:
+            for note in notes:
+                logger.log(note.level, "%s", note.message)
+        self._saved_fingerprints = set_aside_fingerprints(state)
         rows = self.cursor.restore(state)
         self._anchor_stop(state)
-        saved, ordering = saved_ordering(state), self.cursor.stage.ordering
-        if rows is not None and rank_zero_only.rank == 0:
-            batches = state["samples"] // stream.batch_size
-            heading = (
-                f"resuming after {state['samples']:,} samples per rank ({batches:,} batches of {stream.batch_size}) "
-                f"in stage {self.cursor.stage.name}"
-            )
-            details = (
-                []
-                if state["block_size"] == self.cursor.stage.block_size
-                else [
-                    f"block size {state['block_size']} -> {self.cursor.stage.block_size} (seq_len {state['block_size'] - 1} -> {self.cursor.stage.block_size - 1})"
-                ]
-            )
-            logger.info("%s", format_transition(rows, heading, saved, ordering, details=details))
-            if state.get("stage") == self.cursor.stage.name and state["block_size"] != self.cursor.stage.block_size:
-                self._warn_block_size_change(state)
-        if rows is None and saved != ordering and rank_zero_only.rank == 0:
-            logger.info(
-                "resuming with %s; the checkpoint ran with %s: each source finishes its epoch in progress in the "
-                "checkpoint's order, and its next epochs follow the new one",
-                ordering.describe(),
-                saved.describe(),
-            )
+        if rank_zero_only.rank == 0:
+            for level, message in resume_notes(state, self.cursor.stage, rows, stream.batch_size):
+                logger.log(level, "%s", message)
 
     def _anchor_stop(self, state: Mapping) -> None:
         """Where ``stop_after_steps`` counts from: kept from this run's own checkpoints, else the step resumed at."""
@@ -418,31 +327,10 @@ class MixtureLoader(DataLoader):
             )
         if stop < resume_step:
             raise ValueError(
-                f"{self.stop.describe(self.stop_anchor)}, but the checkpoint resumed is at step {resume_step:,}, past it; "
-                "raise the stop step, or resume from an earlier checkpoint."
+                f"{self.stop.describe(self.stop_anchor)}, but the checkpoint resumed is at step {resume_step:,}, past "
+                "it; raise the stop step, or resume from an earlier checkpoint."
             )
         self.stop.check_within(self.stop_anchor, self.run_steps)
-
-    def _warn_block_size_change(self, state: Mapping) -> None:
-        """The cost of resuming a stage with another ``max_seq_length``: the rest of each epoch in progress."""
-        unread = [
-            (entry["blocks"] - entry["draws"] % entry["blocks"])
-            for entry in state["sources"].values()
-            if entry["draws"] % entry["blocks"]
-        ]
-        old, new = state["block_size"], self.cursor.stage.block_size
-        logger.warning(
-            "train.max_seq_length changed since the checkpoint (%d -> %d): blocks of the new length cannot continue the "
-            "old epochs, so %d source(s) in mid-epoch start their next epoch now and %s blocks of %d tokens left in those "
-            "epochs are not read in this pass. Resume with max_seq_length %d to keep them, or make the change a data "
-            "stage with seq_len.",
-            old - 1,
-            new - 1,
-            len(unread),
-            f"{sum(unread):,}",
-            old,
-            old - 1,
-        )
 
 
 def mixture_loader(
@@ -456,72 +344,26 @@ def mixture_loader(
     max_epochs_per_source: int | None = None,
     shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
 ) -> MixtureLoader:
-    """The training loader for one blend from the first sample on."""
-    stage = stream_stage(shards, weights, block_size, seed, shuffle_window=shuffle_window)
-    return staged_loader(shards, [stage], batch_size, shuffle, num_workers, max_epochs_per_source)
-
-
-def staged_loader(
-    shards: Sequence[Shard],
-    stages: Sequence[StreamStage],
-    batch_size: int,
-    shuffle: bool,
-    num_workers: int,
-    max_epochs_per_source: int | None = None,
-    on_data_change: str = "error",
-    cache: ChunkCache | None = None,
-    prefetch_chunks: int = 0,
-    nodes: int = 1,
-    stop: StopRule = StopRule(),
-    global_batch_size: int | None = None,
-    run: str | None = None,
-    restart_on_resume: bool = False,
-    run_steps: int | None = None,
-) -> MixtureLoader:
-    """The training loader for a schedule of stages (starts in samples per rank); remote shards are read through
-    ``cache``, ``prefetch_chunks`` chunks ahead of each source's window; on ``nodes`` nodes each reads its slices.
-    ``stop`` ends the stream after a step (``run``: the run's out_dir, which ``stop_after_steps`` anchors are kept for)."""
+    """The training loader for one blend from the first sample on, without a data module (benchmarks, notebooks)."""
     rank, world_size = distributed_rank_world()
-    stream = MixtureStream(shards, stages, batch_size, shuffle, rank, world_size, cache, prefetch_chunks, nodes)
-    return MixtureLoader(
-        stream,
-        num_workers,
-        max_epochs_per_source,
-        on_data_change,
-        stop,
-        global_batch_size,
-        run,
-        restart_on_resume,
-        run_steps,
-    )
+    stage = stream_stage(shards, weights, block_size, seed, shuffle_window=shuffle_window)
+    stream = MixtureStream(shards, [stage], batch_size, shuffle=shuffle, rank=rank, world_size=world_size)
+    options = ReadOptions(shuffle=shuffle, num_workers=num_workers, max_epochs_per_source=max_epochs_per_source)
+    return MixtureLoader(stream, options)
 
 
-def validation_loader(
-    shards: Sequence[Shard],
-    weights: Mapping[str, float],
-    block_size: int,
-    batch_size: int,
-    seed: int,
-    num_workers: int,
-    cache: ChunkCache | None = None,
-) -> StreamingDataLoader:
-    """The validation mixture: unshuffled shards sampled with their weights, the same blocks every time.
-
-    A remote validation shard is copied whole into ``cache`` first (litdata reads it there)."""
-    chosen = [shard for shard in shards if weights.get(shard.id, 0) > 0]
-    datasets = [
-        StreamingDataset(
-            input_dir=cache.mirror(shard) if is_url(shard.path) else shard.path,
-            item_loader=TokensLoader(block_size=block_size),
-            shuffle=False,
-            drop_last=True,
-            seed=seed % 2**32,
-        )
-        for shard in chosen
-    ]
-    combined = CombinedStreamingDataset(
-        datasets=datasets, seed=seed, weights=[weights[shard.id] for shard in chosen], iterate_over_all=False
+def training_loader(plan: RunPlan, options: ReadOptions) -> MixtureLoader:
+    """The training loader of a run's plan: its stages on this rank, read as ``options`` say."""
+    rank, world_size = distributed_rank_world()
+    stream = MixtureStream(
+        plan.shards,
+        plan.stream_stages(world_size),
+        plan.micro_batch_size,
+        shuffle=options.shuffle,
+        rank=rank,
+        world_size=world_size,
+        cache=options.cache,
+        prefetch_chunks=options.prefetch_chunks,
+        nodes=options.nodes,
     )
-    return StreamingDataLoader(
-        combined, batch_size=batch_size, num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=True
-    )
+    return MixtureLoader(stream, options, plan)

@@ -3,21 +3,18 @@
 LitGPT's ``pretrain`` computes an LR before every micro-batch (cosine to ``max_tokens``), writes it
 into the param groups and logs it as ``learning_rate``. This optimizer overrides the LR in ``step()``
 with its schedule's, so the schedule applies whatever LitGPT computed; and, so that the logged
-``learning_rate`` is the LR applied, it takes over ``litgpt.pretrain.get_lr`` for the run it is
-built in (checked against LitGPT's code first; a LitGPT whose loop differs is refused).
+``learning_rate`` is the LR applied, it takes over LitGPT's per-iteration ``get_lr`` for the run it is
+built in (through the LitGPT bridge, which checks LitGPT's loop first and refuses one that differs).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-import sys
-import weakref
 
 import torch
 
+from sharded_mix.litgpt_bridge import attach_scheduled_lr, stage_start_step
 from sharded_mix.training.schedules import LRSchedule, lr_schedule
-from sharded_mix.training.stage_steps import stage_start_step
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +25,16 @@ DECAY_KEY = "decay_from"
 
 
 class ScheduledAdamW(torch.optim.AdamW):
-    """AdamW whose ``lr`` is the peak of a schedule: ``cosine``, ``wsd``, ``decay`` (from a checkpoint's LR) or ``constant``.
+    # The docstring's first line is the title of LitGPT's ``--optimizer.help``, so it stays one line: concatenated.
+    (
+        "AdamW whose ``lr`` is the peak of a schedule: ``cosine``, ``wsd``, ``decay`` (from a checkpoint's LR) or "
+        """``constant``.
 
     See ``sharded_mix.training.schedules`` for the schedule args. The step count is the optimizer's own
     (``scheduled_step`` in its param groups; from AdamW's per-parameter ``step`` when resuming a
     checkpoint written by another optimizer), so a resume continues the schedule exactly.
     """
+    )
 
     def __init__(
         self,
@@ -80,8 +81,7 @@ class ScheduledAdamW(torch.optim.AdamW):
             foreach=foreach,
         )
         self._stage_start: int | None = None
-        if _built_by_litgpt_pretrain():
-            show_lr_in_litgpt_logs(self)
+        attach_scheduled_lr(self)
         logger.info("LR schedule: %s", self.lr_schedule.describe())
 
     @property
@@ -119,8 +119,9 @@ class ScheduledAdamW(torch.optim.AdamW):
             for group in self.param_groups:
                 group[DECAY_KEY] = saved
             logger.info(
-                "LR decay starts at step %d from the resumed LR %g, to %g over %d steps (%s)",
+                "LR decay starts at step %d from the %s LR %g, to %g over %d steps (%s)",
                 step,
+                "resumed" if step else "configured",
                 saved[1],
                 schedule.end_lr(saved[1]),
                 schedule.decay_steps,
@@ -137,41 +138,3 @@ class ScheduledAdamW(torch.optim.AdamW):
         for group in self.param_groups:
             group[STEP_KEY] = steps + 1
         return loss
-
-
-def _built_by_litgpt_pretrain() -> bool:
-    pretrain = sys.modules.get("litgpt.pretrain")
-    main = getattr(pretrain, "main", None)
-    frame = sys._getframe(1)
-    while frame is not None:
-        if main is not None and frame.f_code is main.__code__:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def show_lr_in_litgpt_logs(optimizer: ScheduledAdamW) -> None:
-    """Make ``litgpt.pretrain``'s per-iteration LR (applied and logged as ``learning_rate``) the optimizer's next LR."""
-    import litgpt
-    import litgpt.pretrain as pretrain
-
-    expected = ["learning_rate", "it", "warmup_iters", "max_iters", "min_lr"]
-    source = inspect.getsource(pretrain.fit)
-    if (
-        list(inspect.signature(pretrain.get_lr).parameters) != expected
-        or 'lr = get_lr(optimizer.defaults["lr"]' not in source
-        or '"learning_rate": lr' not in source
-        or 'param_group["lr"] = lr' not in source
-    ):
-        raise RuntimeError(
-            f"sharded_mix.training.ScheduledAdamW: litgpt {litgpt.__version__}'s pretrain loop is not the one it was written for "
-            '(litgpt 0.5.x: `lr = get_lr(optimizer.defaults["lr"], ...)` per iteration, logged as learning_rate), so the LR in '
-            "your logs would not be the LR applied. Install litgpt>=0.5,<0.6, or use torch.optim.AdamW and litgpt's cosine."
-        )
-    reference = weakref.ref(optimizer)
-
-    def scheduled_lr(learning_rate: float, it: int, warmup_iters: int, max_iters: int, min_lr: float) -> float:
-        live = reference()
-        return live.next_lr() if live is not None else learning_rate
-
-    pretrain.get_lr = scheduled_lr

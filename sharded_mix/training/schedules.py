@@ -96,7 +96,8 @@ class LRSchedule:
 
 
 def decayed(start_lr: float, end_lr: float, shape: str, progress: float) -> float:
-    """The LR ``progress`` (0 at the decay's first step, 1 at its end; clipped) of the way from ``start_lr`` to ``end_lr``."""
+    """The LR ``progress`` (0 at the decay's first step, 1 at its end; clipped) of the way from ``start_lr`` to
+    ``end_lr``."""
     t = min(max(progress, 0.0), 1.0)
     if shape == "linear":
         return start_lr + (end_lr - start_lr) * t
@@ -172,7 +173,8 @@ def lr_schedule(
     if warmup_fraction is not None:
         if total_steps is None:
             raise ValueError(
-                f"optimizer warmup_fraction {warmup_fraction:g} is a fraction of total_steps, which is not set; set total_steps or use warmup_steps."
+                f"optimizer warmup_fraction {warmup_fraction:g} is a fraction of total_steps, which is not set; set "
+                "total_steps or use warmup_steps."
             )
         warmup_steps = int(warmup_fraction * total_steps)
     warmup_steps = warmup_steps or 0
@@ -203,7 +205,8 @@ def lr_schedule(
         )
         if decay_steps is None:
             raise ValueError(
-                "optimizer schedule decay needs decay_steps, how many steps the decay lasts from the resumed step (e.g. 4500)."
+                "optimizer schedule decay needs decay_steps, how many steps the decay lasts from the resumed step "
+                "(e.g. 4500)."
             )
     else:
         starts = [
@@ -216,8 +219,8 @@ def lr_schedule(
         known = sum(value is not None for value in (total_steps, decay_steps, decay_start_step))
         if decay_start_stage is None and known < 2:
             raise ValueError(
-                "optimizer schedule wsd needs two of total_steps, decay_steps and decay_start_step (e.g. total_steps: 61035, "
-                "decay_steps: 6000), or decay_start_stage with decay_steps or total_steps."
+                "optimizer schedule wsd needs two of total_steps, decay_steps and decay_start_step (e.g. "
+                "total_steps: 61035, decay_steps: 6000), or decay_start_stage with decay_steps or total_steps."
             )
         if decay_start_stage is not None and decay_steps is None and total_steps is None:
             raise ValueError(
@@ -225,14 +228,15 @@ def lr_schedule(
             )
         if known == 3 and decay_start_step + decay_steps != total_steps:
             raise ValueError(
-                f"optimizer decay_start_step {decay_start_step:,} + decay_steps {decay_steps:,} is not total_steps {total_steps:,}; "
-                "give two of the three."
+                f"optimizer decay_start_step {decay_start_step:,} + decay_steps {decay_steps:,} is not total_steps "
+                f"{total_steps:,}; give two of the three."
             )
         if decay_start_stage is None and decay_start_step is None and decay_steps > total_steps:
             raise ValueError(f"optimizer decay_steps {decay_steps:,} is more than total_steps {total_steps:,}.")
         if decay_start_step is not None and decay_start_step < warmup_steps:
             raise ValueError(
-                f"optimizer decay_start_step {decay_start_step:,} is inside the warmup ({warmup_steps:,} steps); start the decay after it."
+                f"optimizer decay_start_step {decay_start_step:,} is inside the warmup ({warmup_steps:,} steps); "
+                "start the decay after it."
             )
     if schedule in ("cosine", "wsd") and total_steps is not None and warmup_steps >= total_steps:
         raise ValueError(f"optimizer warmup ({warmup_steps:,} steps) is not shorter than total_steps {total_steps:,}.")

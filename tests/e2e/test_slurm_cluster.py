@@ -68,7 +68,8 @@ def cluster(tmp_path_factory):
     missing = [binary for binary in NEEDED if shutil.which(binary) is None]
     if missing:
         pytest.skip(
-            f"SLURM is not installed ({', '.join(missing)} missing); util_scripts/setup_slurm.sh installs slurm-wlm and munge"
+            f"SLURM is not installed ({', '.join(missing)} missing); "
+            "util_scripts/setup_slurm.sh installs slurm-wlm and munge"
         )
     if os.geteuid() != 0:
         pytest.skip("the local test cluster runs slurmd as root; run the tests as root to include it")

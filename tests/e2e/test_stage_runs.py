@@ -32,10 +32,12 @@ def test_no_stages_is_one_default_stage(tmp_path):
     )
     assert "===== DATA STAGE TRAINING PLAN: 1 stage(s)" in output
     assert "global_batch_size 4, from train.global_batch_size" in output  # the data args have none: LitGPT's is used
+    # the plan spans the run train.max_tokens gives it (6 steps), not "-> end"
     assert re.search(
-        r"stage default: steps 0 -> end, tokens 0 -> end, seq_len 64, seed 42; inherited from the top level: blend",
+        r"stage default: steps 0 -> 6, tokens 0 -> 1,536, seq_len 64, seed 42; inherited from the top level: blend",
         output,
     )
+    assert "set its end_step" not in output
     assert "DATA STAGE TRANSITION" not in output and "iter 6 step 6" in output
 
 

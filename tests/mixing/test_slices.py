@@ -67,7 +67,7 @@ def test_one_node_reads_the_epoch_in_order():
 def test_moving_to_another_topology_mid_epoch_reads_the_rest_exactly_once():
     rng = random.Random(5)
     layouts = [Topology(w, n) for w, n in [(1, 1), (2, 1), (2, 2), (4, 2), (8, 2), (6, 3), (8, 4), (16, 4), (4, 4)]]
-    for trial in range(60):
+    for _ in range(60):
         blocks = rng.randrange(20, 400)
         cuts = sorted(rng.sample(range(1, blocks), rng.randrange(1, 4)))
         plan = [(0, rng.choice(layouts))] + [(cut, rng.choice(layouts)) for cut in cuts]

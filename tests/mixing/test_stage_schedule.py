@@ -132,7 +132,8 @@ def test_boundaries_in_samples_per_rank():
     # step 5 of a global batch of 16 on 2 ranks = sample 40 of each rank
     schedule = build_stages(TOP, [{"name": "a", "start_step": 0}, {"name": "b", "start_step": 5}])
     assert stage_starts(schedule, global_batch_size=16, max_seq_length=64, micro_batch_size=4, world_size=2) == [0, 40]
-    # 1,000 tokens / 64 = 15.6 -> 16 samples over all ranks, rounded up to a micro-batch of 4 on each of 2 ranks: 8 per rank
+    # 1,000 tokens / 64 = 15.6 -> 16 samples over all ranks,
+    # rounded up to a micro-batch of 4 on each of 2 ranks: 8 per rank
     tokens = build_stages(TOP, [{"name": "a", "start_tokens": 0}, {"name": "b", "start_tokens": 1000}])
     assert stage_starts(tokens, None, 64, micro_batch_size=4, world_size=2) == [0, 8]
     with pytest.raises(ValueError, match="global_batch_size 10 is not a multiple of micro_batch_size 4"):
@@ -163,8 +164,8 @@ def test_plan_rows_and_text():
     text = format_stage_plan(rows, "3 stage(s)")
     assert text.startswith("===== DATA STAGE TRAINING PLAN: 3 stage(s) =====")
     assert (
-        "stage mix: steps 5 -> 10, tokens 1,260 -> 2,520, seq_len 31, seed 42; inherited from the top level: mix_temperature, seed"
-        in text
+        "stage mix: steps 5 -> 10, tokens 1,260 -> 2,520, seq_len 31, seed 42; "
+        "inherited from the top level: mix_temperature, seed" in text
     )
     assert "expected epochs per source over the run: m1 0.900, main/1 0.025" in text
     open_rows = stage_plan_rows(schedule[:2], weights[:2], blocks, 4, 63)

@@ -110,7 +110,10 @@ def per_source(ids):
 
 
 def source_sequence(data, shard_id, seeds, count):
-    """The first ``count`` block offsets of a source whose epoch e is ordered with ``seeds[e]`` (a seed or an ``Ordering``)."""
+    """The first ``count`` block offsets of a source whose epoch e is ordered with ``seeds[e]``.
+
+    Each of ``seeds`` is a seed or an ``Ordering``.
+    """
     (shard,) = [shard for shard in data.train_mixture.shards if shard.id == shard_id]
     chunk_blocks = [tokens // BLOCK for tokens in shard.chunk_tokens]
     offsets = []

@@ -86,7 +86,8 @@ def test_directories_named_like_shards_without_index_are_errors_unless_excluded(
     (tmp_path / "notes").mkdir()
     with pytest.raises(
         ValueError,
-        match=r"(?s)2 shard directories are not usable.*main/2 \(.*/2\): has no index.json.*m1 \(.*/m1\): has no index.json.*exclude_shards",
+        match=r"(?s)2 shard directories are not usable.*main/2 \(.*/2\): has no index.json"
+        r".*m1 \(.*/m1\): has no index.json.*exclude_shards",
     ):
         discover_shards(tmp_path)
     assert [s.id for s in discover_shards(tmp_path, exclude=["main/2", "m1"])] == ["main/1"]

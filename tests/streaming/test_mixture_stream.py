@@ -111,7 +111,8 @@ def test_max_epochs_per_source_names_the_source(scenario):
     ).train_dataloader()
     with pytest.raises(
         ValueError,
-        match=r"max_epochs_per_source=2: source 'm1' .* 181 blocks \(2,896 tokens\) and the run has asked 5,8\d\d tokens",
+        match=r"max_epochs_per_source=2: source 'm1' .* 181 blocks \(2,896 tokens\) "
+        r"and the run has asked 5,8\d\d tokens",
     ):
         take(loader, 100)
 
@@ -137,8 +138,9 @@ def test_two_ranks_get_disjoint_samples_and_follow_the_blend(scenario, tmp_path)
 
 
 def test_a_source_smaller_than_ranks_times_workers_still_streams(tmp_path):
+    from sharded_mix.mixing.run_plan import stream_stage
     from sharded_mix.streaming.discovery import discover_shards
-    from sharded_mix.streaming.stream import MixtureLoader, MixtureStream, stream_stage
+    from sharded_mix.streaming.stream import MixtureLoader, MixtureStream, ReadOptions
 
     write_source(tmp_path, "1", 1, 40 * BLOCK, doc_tokens=BLOCK)
     write_source(tmp_path, "q1", 2, 2 * BLOCK, doc_tokens=BLOCK)  # 2 blocks for 4 ranks × 2 workers
@@ -147,7 +149,7 @@ def test_a_source_smaller_than_ranks_times_workers_still_streams(tmp_path):
     for rank in range(4):
         stage = stream_stage(shards, {"main/1": 0.5, "q1": 0.5}, BLOCK, seed=0)
         stream = MixtureStream(shards, [stage], 2, shuffle=True, rank=rank, world_size=4)
-        seen.append(block_ids(take(MixtureLoader(stream, num_workers=2), 4)))
+        seen.append(block_ids(take(MixtureLoader(stream, ReadOptions(num_workers=2)), 4)))
     small = [offset for ids in seen for source, offset in ids if source == 2]
     assert len(small) == 16 and Counter(small) == {0: 8, BLOCK: 8}  # 8 epochs of its 2 blocks
     main = [offset for ids in seen for source, offset in ids if source == 1]

@@ -1,4 +1,7 @@
-"""Shards on object storage (s3:// against moto on 127.0.0.1): discovery, batches, resume and validation equal the local ones."""
+"""Shards on object storage (s3:// against moto on 127.0.0.1).
+
+Discovery, batches, resume and validation equal the local ones.
+"""
 
 from __future__ import annotations
 
@@ -173,6 +176,8 @@ def test_a_cache_budget_below_the_working_set_is_refused_with_the_size_needed(tm
     _, url = small_chunk_mix(tmp_path, s3)
     with pytest.raises(
         ValueError,
-        match=r"max_cache_size 1,000 bytes is below the working set of this run's 2 remote source\(s\): [\d,]+ bytes \(10 of each source's largest chunks: shuffle_window 2 \+ prefetch_chunks 8\); raise it to at least",
+        match=r"max_cache_size 1,000 bytes is below the working set of this run's 2 remote source\(s\): "
+        r"[\d,]+ bytes \(10 of each source's largest chunks: shuffle_window 2 \+ prefetch_chunks 8\); "
+        r"raise it to at least",
     ):
         remote(url, s3, tmp_path / "cache", mix_weights_str="main:0.7,code:0.3", shuffle_window=2, max_cache_size="1KB")

@@ -1,4 +1,7 @@
-"""Scale: a ten-billion-token shard streams in memory flat in its size; epoch boundaries of many-window sources resume exactly."""
+"""Scale: a ten-billion-token shard streams in memory flat in its size.
+
+Epoch boundaries of many-window sources resume exactly.
+"""
 
 import tracemalloc
 

@@ -77,7 +77,8 @@ def test_a_damaged_chunk_file_is_an_error_naming_it(tmp_path, damage):
     reader.read_into(0, row)  # the first chunk is fine
     with pytest.raises(
         ValueError,
-        match=rf"shard 'c1': chunk file '.*{victim.name}' (is missing|holds [\d,]+ bytes, expected [\d,]+ \(index.json: )",
+        match=rf"shard 'c1': chunk file '.*{victim.name}' "
+        r"(is missing|holds [\d,]+ bytes, expected [\d,]+ \(index.json: )",
     ):
         reader.read_into(reader.blocks - 1, row)
 

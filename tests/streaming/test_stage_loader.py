@@ -52,8 +52,8 @@ def test_the_plan_is_logged_at_setup(scenario, caplog):
         logging.getLogger("sharded_mix").removeHandler(caplog.handler)
     assert "===== DATA STAGE TRAINING PLAN: 3 stage(s)" in caplog.text
     assert (
-        "stage mix: steps 2 -> 4, tokens 120 -> 240, seq_len 15, seed 42; inherited from the top level: mix_temperature, seed, seq_len"
-        in caplog.text
+        "stage mix: steps 2 -> 4, tokens 120 -> 240, seq_len 15, seed 42; "
+        "inherited from the top level: mix_temperature, seed, seq_len" in caplog.text
     )
     rows = data.plan(max_tokens=15 * 4 * 10)  # 10 steps
     assert [(row.stage, row.source, row.tokens) for row in rows] == [

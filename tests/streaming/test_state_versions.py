@@ -138,3 +138,78 @@ def test_a_state_version_from_the_future_is_refused(scenario):
 def test_shuffle_window_must_be_a_positive_whole_number(scenario, window):
     with pytest.raises(ValueError, match=rf"shuffle_window is {window!r}; use a whole number of chunks, 1 or more"):
         make(scenario, literal_weights_str=WEIGHTS, shuffle_window=window)
+
+
+def as_version_1(state: dict) -> dict:
+    """A state as version 1 wrote it: version 2's, without a stage name or a block size per source."""
+    old = as_version_2(state)
+    old["version"] = 1
+    del old["stage"]
+    for entry in [*old["sources"].values(), *old["dropped"].values()]:
+        del entry["block_size"]
+    return old
+
+
+def as_version_3(state: dict, seed: int) -> dict:
+    """A state as version 3 wrote it (no fingerprints or nodes) for a run seeded with ``seed``: its orders used only
+    the low 32 bits of the seed."""
+    old = copy.deepcopy(state)
+    old.update(version=3, seed=seed)
+    del old["nodes"]
+    for entry in [*old["sources"].values(), *old["dropped"].values()]:
+        del entry["fingerprint"]
+    return old
+
+
+def test_a_version_1_checkpoint_finishes_its_epochs_in_the_v2_order_like_a_version_2_one(scenario):
+    first = make(scenario, batch_size=10, literal_weights_str=WEIGHTS).train_dataloader()
+    take(first, 25)
+    saved = first.state_dict()
+    read = {}
+    for version, convert in ((1, as_version_1), (2, as_version_2)):
+        data = make(scenario, batch_size=10, literal_weights_str=WEIGHTS)
+        resumed = data.train_dataloader()
+        resumed.load_state_dict(convert(saved))
+        read[version] = block_ids(take(resumed, 30))
+    assert read[1] == read[2]
+    legacy, windowed = Ordering(42, LEGACY_WINDOW), Ordering(42, 4)
+    assert offsets_by_source(read[1])["m1"] == expected(data, "m1", [legacy, windowed], 100, 120)
+
+
+def test_a_version_3_checkpoint_finishes_its_epoch_in_the_order_of_the_seeds_low_32_bits(scenario, caplog):
+    big = 2**40 + 42  # its low 32 bits are 42: the seed version 3 ordered epochs with
+    first = make(scenario, batch_size=10, literal_weights_str=WEIGHTS).train_dataloader()
+    take(first, 25)  # m1 at draw 100 of 181, main/1 at 150 of 1,206
+    data = make(scenario, batch_size=10, literal_weights_str=WEIGHTS, seed=big)
+    resumed = data.train_dataloader()
+    logging.getLogger("sharded_mix").addHandler(caplog.handler)
+    try:
+        resumed.load_state_dict(as_version_3(first.state_dict(), big))
+    finally:
+        logging.getLogger("sharded_mix").removeHandler(caplog.handler)
+    after = offsets_by_source(block_ids(take(resumed, 30)))
+    old, new = Ordering(42, 4), Ordering(big, 4)
+    assert after["m1"] == expected(data, "m1", [old, new], 100, 120)  # 81 in the 32-bit order, then all 64 bits
+    assert after["main/1"] == expected(data, "main/1", [old], 150, 180)
+    assert f"seed 42 -> {big}" in caplog.text
+
+
+def test_a_version_4_checkpoint_ran_on_one_node_and_is_resliced_like_a_version_5_one(scenario, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    first = make(scenario, batch_size=10, literal_weights_str=WEIGHTS).train_dataloader()
+    take(first, 5)
+    saved = first.state_dict()
+    v4 = copy.deepcopy(saved)
+    v4["version"] = 4
+    del v4["nodes"]
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    for rank in range(4):
+        monkeypatch.setenv("RANK", str(rank))
+        read = []
+        for state in (saved, v4):
+            resumed = make(scenario, batch_size=10, nodes=2, literal_weights_str=WEIGHTS).train_dataloader()
+            resumed.load_state_dict(state)
+            read.append(block_ids(take(resumed, 5)))
+            assert "split" in resumed.state_dict()["sources"]["main/1"]
+        assert read[0] == read[1]

@@ -1,4 +1,7 @@
-"""Object storage I/O (``streaming/storage.py``) and the node-local chunk cache (``streaming/cache.py``), against moto's S3."""
+"""Object storage I/O (``streaming/storage.py``) and the node-local chunk cache (``streaming/cache.py``).
+
+Both against moto's S3.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import pytest
 from conftest import block_ids, make, take
 from litgpt.args import TrainArgs
 
-from sharded_mix.training.stop import StopRule, finished_at
+from sharded_mix.mixing.stop import StopRule, finished_at
 
 FIELDS = {"literal_weights_str": "main/1:0.6,m1:0.4", "global_batch_size": 8}
 

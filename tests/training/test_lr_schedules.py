@@ -1,13 +1,14 @@
 """LR schedules (pure) and ScheduledAdamW: the LR each step applies, across a save and a resume."""
 
+import logging
 import math
 
 import pytest
 import torch
 
+from sharded_mix.litgpt_bridge import publish_stage_steps
 from sharded_mix.training import ScheduledAdamW
 from sharded_mix.training.schedules import lr_schedule
-from sharded_mix.training.stage_steps import publish_stage_steps
 
 
 def test_cosine_warms_up_then_reaches_min_lr_at_its_horizon():
@@ -127,3 +128,20 @@ def test_a_wsd_decay_can_start_where_a_data_stage_starts():
     _, orphan = model_and_optimizer(schedule="wsd", decay_start_stage="anneal", decay_steps=2)
     with pytest.raises(ValueError, match="decay_start_stage is 'anneal', but the data stages are default"):
         orphan.next_lr()
+
+
+@pytest.mark.parametrize("resumed, origin", [(False, "configured LR 1"), (True, "resumed LR 1")])
+def test_a_decay_says_whether_it_starts_from_the_configured_or_the_resumed_lr(caplog, resumed, origin):
+    model, optimizer = model_and_optimizer(schedule="decay", decay_steps=4, decay_shape="linear", final_lr_ratio=0.1)
+    if resumed:
+        for group in optimizer.param_groups:
+            group["scheduled_step"] = 40
+    logger = logging.getLogger("sharded_mix")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="sharded_mix"):
+            train(model, optimizer, 1)
+    finally:
+        logger.removeHandler(caplog.handler)
+    step = 40 if resumed else 0
+    assert f"LR decay starts at step {step} from the {origin}, to 0.1 over 4 steps (linear)" in caplog.text

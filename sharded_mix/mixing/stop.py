@@ -23,8 +23,8 @@ class StopRule:
                 raise ValueError(f"{name} is {value!r}; use a whole number of optimizer steps >= 1, or leave it unset.")
         if self.at_step is not None and self.after_steps is not None:
             raise ValueError(
-                f"stop_at_step ({self.at_step}) and stop_after_steps ({self.after_steps}) are both set; give one: an absolute "
-                "step, or steps counted from the checkpoint the run resumes."
+                f"stop_at_step ({self.at_step}) and stop_after_steps ({self.after_steps}) are both set; give one: an "
+                "absolute step, or steps counted from the checkpoint the run resumes."
             )
 
     @property
@@ -50,8 +50,8 @@ class StopRule:
             return
         needed = f" ({stop:,} steps × {step_tokens:,} tokens = {stop * step_tokens:,})" if step_tokens else ""
         raise ValueError(
-            f"{self.describe(anchor)}, but train.max_tokens ends the run at step {run_steps:,}; raise max_tokens to reach "
-            f"step {stop:,}{needed}, or stop earlier."
+            f"{self.describe(anchor)}, but train.max_tokens ends the run at step {run_steps:,}; raise max_tokens to "
+            f"reach step {stop:,}{needed}, or stop earlier."
         )
 
     def record(self, anchor: int, run: str | None) -> dict:
