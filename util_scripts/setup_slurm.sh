@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's slurm-wlm and munge for the local cluster test (tests/test_slurm_cluster.py), if they are
+# Install Debian's slurm-wlm and munge for the local cluster test (tests/e2e/test_slurm_cluster.py), if they are
 # missing and we can: as root, with apt-get. Never fails: where they cannot be installed it says why, and the
 # cluster test is skipped with that reason.
 set -uo pipefail
