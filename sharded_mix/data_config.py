@@ -73,6 +73,8 @@ def check_read_fields(fields: Any) -> None:
         raise ValueError(
             f"exclude_shards is {excluded!r}; give a list of shard ids, e.g. exclude_shards: [c2, main/3]."
         )
+    if not isinstance(fields.log_data_metrics, bool):
+        raise ValueError(f"log_data_metrics is {fields.log_data_metrics!r}; use true or false.")
     if fields.global_batch_size is not None and not _whole(fields.global_batch_size, 1):
         raise ValueError(f"global_batch_size is {fields.global_batch_size!r}; set it to train.global_batch_size.")
 

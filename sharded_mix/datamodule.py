@@ -40,6 +40,7 @@ from sharded_mix.streaming.layout import (
 )
 from sharded_mix.streaming.stream import MixtureLoader, ReadOptions, training_loader
 from sharded_mix.streaming.validation import validation_loader
+from sharded_mix.training.data_metrics import DataMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class _RunState:
     train: Mixture | None = None
     val: Mixture | None = None
     plan: RunPlan | None = None
+    metrics: DataMetrics | None = None
+    """The ``data/`` metrics of a ``litgpt pretrain`` run (``log_data_metrics``)."""
 
 
 @dataclass
@@ -148,6 +151,12 @@ class ShardedMixedDataset(DataModule):
     restart_data_on_resume: bool = False
     """The reference implementation's behaviour: at every resume each source starts over from its first block (blocks
     already trained on come again; the blend and stages keep their steps). Default: continue exactly."""
+    log_data_metrics: bool = True
+    """Under ``litgpt pretrain``, log the mixture with the run's logger at each ``train.log_interval``: per source id
+    ``data/samples/<id>`` and ``data/tokens/<id>`` (all ranks, since the run's first step, across resumes and
+    stages), ``data/share/<id>`` (realised share of the current stage), ``data/target/<id>`` (its weight),
+    ``data/epoch/<id>`` (epochs read), ``data/loss/<id>`` (mean training loss per token since the last log, all
+    ranks), and ``data/stage`` with stages."""
     val_split_fraction: float | None = None
     """Reference configs only: accepted, no effect (a WARNING names it)."""
     fast_dev_run: bool | int | None = None
@@ -210,6 +219,9 @@ class ShardedMixedDataset(DataModule):
         elif context.global_batch_size is not None and self.global_batch_size is None:
             log_rank_zero("global_batch_size %d, from train.global_batch_size", context.global_batch_size)
         self._state.context = context
+        if context.under_litgpt and self.log_data_metrics:
+            self._state.metrics = DataMetrics()
+            litgpt_bridge.attach_data_metrics(self._state.metrics)
         self._state.micro_batch_size = batch_size
         self._state.max_seq_length = max_seq_length if max_seq_length is not None else 2048
         check_run(config.mix, context, self._state.max_seq_length)  # stages and stop, before any I/O
@@ -339,7 +351,10 @@ class ShardedMixedDataset(DataModule):
             prefetch_chunks=self.prefetch_chunks,
             nodes=self.node_count(rank, world_size),
         )
-        return training_loader(plan, options)
+        loader = training_loader(plan, options)
+        if self._state.metrics is not None:
+            self._state.metrics.watch(loader, (source for stage in loader.cursor.stages for source in stage.weights))
+        return loader
 
     def node_count(self, rank: int, world_size: int) -> int:
         """The nodes of the run: the ``nodes`` field, else the launcher's; checked against the ranks."""

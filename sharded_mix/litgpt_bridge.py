@@ -4,8 +4,9 @@ LitGPT tells a data module its micro-batch size and sequence length only. What e
 from ``litgpt pretrain``'s own frames and files: its ``TrainArgs`` (global batch size, ``max_tokens``), its
 ``Fabric`` (``num_nodes``), its ``out_dir`` and the checkpoint it resumes (``RunContext``); whether ``final/``
 already holds the stop step; and, for ``ScheduledAdamW``, LitGPT's per-iteration LR (``get_lr``) and where each
-data stage starts; and ``litgpt pretrain``'s arguments, for ``convert-config``. Each entry point first calls
-``require_supported_litgpt``: one version check, one error.
+data stage starts; the ``data/`` metrics in its training log, with per-row losses from its loss call; and
+``litgpt pretrain``'s arguments, for ``convert-config``. Each entry point first calls ``require_supported_litgpt``:
+one version check, one error.
 """
 
 from __future__ import annotations
@@ -175,6 +176,88 @@ def stage_start_step(name: str) -> int:
             "decay_start_step."
         )
     return _stage_steps[name]
+
+
+TRAINING_LOG = 'fabric.log_dict(metrics, step=state["iter_num"] - 1)'
+"""Where ``litgpt pretrain``'s loop logs its training metrics (``loss``, ``iter``, ``learning_rate``, ...)."""
+TRAINING_LOSS = "loss = chunked_cross_entropy(logits, targets)"
+"""Its training loss of a micro-batch: the per-token losses of ``litgpt.utils.chunked_cross_entropy``, averaged."""
+
+
+def attach_data_metrics(metrics) -> None:
+    """When ``litgpt pretrain`` connects the data module: add ``metrics.values(all_reduce)`` to the training metrics
+    LitGPT logs (whatever its logger), and hand ``metrics.add_row_losses`` each training micro-batch's per-row losses.
+    A loop other than the expected one gets one WARNING: without its log call no metrics, without its loss call no
+    ``data/loss``. Outside ``litgpt pretrain`` nothing changes."""
+    from lightning.fabric import Fabric
+    from litgpt.args import TrainArgs
+
+    fabric = _calling_local("fabric", Fabric)
+    pretrain = sys.modules.get("litgpt.pretrain")
+    if fabric is None or pretrain is None or _calling_local("train", TrainArgs) is None:
+        return
+    installed = require_supported_litgpt()
+    source = inspect.getsource(pretrain.fit)
+    if TRAINING_LOG not in source:
+        logger.warning(
+            "log_data_metrics: litgpt %s's pretrain loop does not log with `%s`; no data/ metrics are logged "
+            "(install %s).",
+            installed,
+            TRAINING_LOG,
+            SUPPORTED_RANGE,
+        )
+        return
+    log_dict = fabric.log_dict
+
+    def log_with_data_metrics(values: Mapping[str, Any], step: int | None = None) -> None:
+        if "loss" in values and "iter" in values:  # the training log, on every rank at the same step
+            values = {**values, **metrics.values(lambda tensor: fabric.all_reduce(tensor, reduce_op="sum"))}
+        log_dict(values, step=step)
+
+    fabric.log_dict = log_with_data_metrics
+    from litgpt import utils
+
+    loss_source = inspect.getsource(utils.chunked_cross_entropy)
+    if (
+        TRAINING_LOSS not in source
+        or getattr(pretrain.chunked_cross_entropy, "__wrapped__", pretrain.chunked_cross_entropy)
+        is not utils.chunked_cross_entropy
+        or "torch.cat(loss_chunks).sum() / non_masked_elems.maximum(torch.ones_like(non_masked_elems))"
+        not in loss_source
+    ):
+        logger.warning(
+            "log_data_metrics: litgpt %s computes its training loss otherwise than `%s` over "
+            "litgpt.utils.chunked_cross_entropy; data/loss is not logged, the counts are.",
+            installed,
+            TRAINING_LOSS,
+        )
+        return
+    pretrain.chunked_cross_entropy = _loss_with_row_losses(utils.chunked_cross_entropy, weakref.ref(metrics))
+
+
+def _loss_with_row_losses(chunked_cross_entropy, metrics_ref):
+    """``litgpt.utils.chunked_cross_entropy`` computed as it does (same operations, same result), handing the
+    per-row losses of a training micro-batch (grad enabled, unchunked logits) to the live metrics."""
+    import torch
+    from torch.nn.functional import cross_entropy
+
+    def loss(logits, targets, chunk_size: int = 128, ignore_index: int = -100):
+        metrics = metrics_ref()
+        if metrics is None or not torch.is_grad_enabled() or not isinstance(logits, torch.Tensor) or chunk_size == 0:
+            return chunked_cross_entropy(logits, targets, chunk_size, ignore_index)
+        flat_logits, flat_targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
+        losses = torch.cat(
+            [
+                cross_entropy(logit_chunk, target_chunk, ignore_index=ignore_index, reduction="none")
+                for logit_chunk, target_chunk in zip(flat_logits.split(chunk_size), flat_targets.split(chunk_size))
+            ]
+        )
+        non_masked_elems = (flat_targets != ignore_index).sum()
+        metrics.add_row_losses(losses.detach().view(targets.shape).sum(1), (targets != ignore_index).sum(1))
+        return losses.sum() / non_masked_elems.maximum(torch.ones_like(non_masked_elems))
+
+    loss.__wrapped__ = chunked_cross_entropy
+    return loss
 
 
 def attach_scheduled_lr(optimizer) -> None:

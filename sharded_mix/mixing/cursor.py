@@ -47,6 +47,8 @@ class Cursor:
         self.stages = list(stages)
         self.world_size = world_size
         self.samples = 0
+        self.counted: dict[str, tuple[int, int]] = {}
+        """Samples and trained tokens of each source over all ranks, up to the current stage's entry."""
         first = self.stages[0]
         self._enter(
             0,
@@ -84,6 +86,16 @@ class Cursor:
         self.samples += 1
         return self.blender.next_index()
 
+    def consumed(self) -> dict[str, tuple[int, int]]:
+        """Samples and trained tokens (``block_size - 1`` a sample) each source gave the run so far, over all ranks:
+        every rank draws the same source each round, so a source's rounds times the world size."""
+        totals = dict(self.counted)
+        trained = self.stage.block_size - 1
+        for source, taken in zip(self.ids, self.taken):
+            samples, tokens = totals.get(source, (0, 0))
+            totals[source] = (samples + taken * self.world_size, tokens + taken * self.world_size * trained)
+        return totals
+
     def take(self, index: int) -> None:
         """Count a sample a worker drew from source ``index`` (the main process)."""
         self.samples += 1
@@ -116,6 +128,7 @@ class Cursor:
         ordering: Ordering,
     ) -> list[TransitionRow]:
         target = max(i for i, stage in enumerate(self.stages) if stage.start <= self.samples)
+        self.counted = {source: counts for source, counts in self.consumed().items() if counts != (0, 0)}
         new = self.stages[target]
         carried, set_aside, rows = carry_over(
             positions, dropped, weights, ordering, new.weights, new.blocks, new.ordering, new.block_size
@@ -136,6 +149,7 @@ class Cursor:
             "block_size": stage.block_size,
             "sources": {source: position_entry(p) for source, p in self.positions().items()},
             "dropped": {source: position_entry(p) for source, p in self.dropped.items()},
+            "consumed": {source: {"samples": n, "tokens": t} for source, (n, t) in sorted(self.consumed().items())},
         }
 
     def restore(self, state: Mapping) -> list[TransitionRow] | None:
@@ -146,6 +160,7 @@ class Cursor:
         An epoch in progress always finishes in the ordering it started with, also when only the
         shuffle window changed (or the checkpoint ran the order of state versions 1 and 2): that needs no transition."""
         self.samples = state["samples"]
+        self.counted = {source: (c["samples"], c["tokens"]) for source, c in state["consumed"].items()}
         saved = saved_ordering(state)
         active = {
             source: entry_position(entry, state["block_size"]).pinned(saved)
@@ -159,6 +174,11 @@ class Cursor:
                 and _same_stage(stage, state, active)
             ):
                 self._enter(index, active, dropped, state["taken"])
+                trained = stage.block_size - 1
+                for source, taken in zip(self.ids, self.taken):  # consumed() adds this stage's rounds back
+                    samples, tokens = self.counted.get(source, (0, 0))
+                    rounds = taken * self.world_size
+                    self.counted[source] = (samples - rounds, tokens - rounds * trained)
                 return None
         return self._carry_to_latest(active, dropped, state["weights"], saved)
 

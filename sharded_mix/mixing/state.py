@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping
 from sharded_mix.mixing.orders import LEGACY_WINDOW
 from sharded_mix.shards import Shard
 
-STATE_VERSION = 5
+STATE_VERSION = 6
 """The current schema. Its ``shuffle_window`` (and a pin's) is 0 for the order of versions 1 and 2, which only the
-migration writes; an entry without a ``fingerprint`` is compared by its number of blocks."""
+migration writes; an entry without a ``fingerprint`` is compared by its number of blocks; ``consumed`` counts each
+source's samples and trained tokens over all ranks since the run's first step."""
 SEED_BITS_BEFORE_V4 = 0xFFFFFFFF
 """Versions 1 to 3 ordered epochs with the low 32 bits of the seed."""
 
@@ -147,7 +148,25 @@ def _v4_to_v5(state: Mapping) -> dict:
     return {**state, "version": 5, "nodes": state.get("nodes", 1)}
 
 
-MIGRATIONS: dict[int, Callable[[Mapping], dict]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+def _v5_to_v6(state: Mapping) -> dict:
+    """Version 6 counts what each source gave the run (``consumed``). Earlier states count draws only: a source's
+    draws are its samples since the run's first step unless a block size change or a restart moved its position."""
+    consumed = {}
+    for group in ("sources", "dropped"):
+        for source, entry in state.get(group, {}).items():
+            draws, block_size = entry.get("draws"), entry.get("block_size") or state["block_size"]
+            if isinstance(draws, int) and isinstance(block_size, int):  # else the current schema's check names it
+                consumed[source] = {"samples": draws, "tokens": draws * (block_size - 1)}
+    return {**state, "version": 6, "consumed": consumed}
+
+
+MIGRATIONS: dict[int, Callable[[Mapping], dict]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+    4: _v4_to_v5,
+    5: _v5_to_v6,
+}
 """Version n -> the step to version n + 1."""
 READABLE_VERSIONS = (*MIGRATIONS, STATE_VERSION)
 
@@ -232,6 +251,11 @@ def _check_current(state: Mapping) -> None:
             dict(taken),
             f"counts summing to at most samples × world_size ({state['samples'] * state['world_size']})",
         )
+    for source, counts in _mapping(state, "consumed").items():
+        if not isinstance(counts, Mapping):
+            raise _fault(f"consumed[{source!r}]", counts, "{samples, tokens}")
+        _whole(counts, "samples", f"consumed[{source!r}].")
+        _whole(counts, "tokens", f"consumed[{source!r}].")
     if "stage" in state and not isinstance(state["stage"], str):
         raise _fault("stage", state["stage"], "a stage name")
     stop = state.get("stop")

@@ -185,6 +185,8 @@ class MixtureLoader(DataLoader):
         self.on_data_change = options.on_data_change
         self.restart_on_resume = options.restart_on_resume
         self.cursor = Cursor(dataset.stages, dataset.world_size)
+        self.last_rows: tuple[list[str], tuple[int, ...]] | None = None
+        """The source ids of the stage and each row's index into them, of the batch handed out last."""
         self._saved_fingerprints: dict[str, dict] = {}  # of set-aside sources this run does not read
         self.stop = plan.stop if plan is not None else StopRule()
         self.global_batch_size = plan.global_batch_size if plan is not None else None
@@ -227,6 +229,7 @@ class MixtureLoader(DataLoader):
                     blocks = cursor.stage.blocks[cursor.ids[index]]
                     next_wrap[index] = (draws - 1) // blocks * blocks + blocks
                     self._source_wrapped(cursor.ids[index], draws, blocks)
+            self.last_rows = (cursor.ids, sources)
             batch = torch.from_numpy(batch)
             yield batch.pin_memory() if self._pin else batch
         if stream.stop is not None and cursor.samples >= stream.stop:

@@ -186,7 +186,8 @@ def read_data_position(path: str | Path) -> dict:
 
 
 def format_data_position(position: dict) -> str:
-    """A table per source: weight, epoch, position in the epoch, samples and tokens consumed over all ranks."""
+    """A table per source: weight, epoch, position in the epoch, and the samples and trained tokens it gave the run
+    over all ranks (the ``data/samples`` and ``data/tokens`` metrics)."""
     state = position["data"]
     lines = [
         f"checkpoint {position['checkpoint']}: iter_num {position['iter_num']}, step_count {position['step_count']}",
@@ -214,8 +215,9 @@ def format_data_position(position: dict) -> str:
         if position.split is not None:
             note = "; ".join(filter(None, [note, position.split.describe()]))
         where = f"{entry['position']:,} / {entry['blocks']:,}"
+        consumed = state["consumed"].get(source, {"samples": 0, "tokens": 0})
         lines.append(
-            f"{source:<14} {weight:>8} {entry['epoch']:>6} {where:>20} {entry['draws']:>14,} "
-            f"{entry['tokens']:>16,}  {note}".rstrip()
+            f"{source:<14} {weight:>8} {entry['epoch']:>6} {where:>20} {consumed['samples']:>14,} "
+            f"{consumed['tokens']:>16,}  {note}".rstrip()
         )
     return "\n".join(lines)

@@ -45,6 +45,9 @@ def entry(source: str, draws: int, **extra) -> dict:
     }
 
 
+DRAWS = {"a": 120, "b": 80, "c": 10}
+
+
 def current(**changes) -> dict:
     """A state as the loader writes it: a and b in the blend (a in epoch 0, b in epoch 1), c set aside."""
     state = {
@@ -61,6 +64,7 @@ def current(**changes) -> dict:
         "batch_size": 10,
         "world_size": 2,
         "nodes": 1,
+        "consumed": {source: {"samples": draws, "tokens": draws * (BLOCK - 1)} for source, draws in DRAWS.items()},
     }
     state.update(changes)
     return state
@@ -70,7 +74,7 @@ def version_1() -> dict:
     """A state as version 1 wrote it: no stage, nodes, shuffle window or fingerprints, no block size per source, its
     pins by seed (the v2 order), and a seed past 32 bits of which it used the low 32."""
     state = current(version=1, seed=BIG_SEED)
-    for key in ("stage", "nodes", "shuffle_window"):
+    for key in ("stage", "nodes", "shuffle_window", "consumed"):
         del state[key]
     for group in ("sources", "dropped"):
         for item in state[group].values():
@@ -89,7 +93,7 @@ def target(world_size: int = 2, nodes: int = 1, shards=SHARDS, **options) -> Res
 
 
 def test_the_chain_has_one_step_per_older_version():
-    assert READABLE_VERSIONS == (1, 2, 3, 4, 5)
+    assert READABLE_VERSIONS == (1, 2, 3, 4, 5, 6)
     assert sorted(MIGRATIONS) == list(range(1, STATE_VERSION))
     state = version_1()
     for version in range(1, STATE_VERSION):
@@ -128,6 +132,14 @@ def test_version_3_seeds_lose_their_high_bits_and_version_4_seeds_keep_them():
     assert migrate(v3)["sources"]["a"]["pinned_order"] == {"epoch": 0, "seed": 43, "shuffle_window": 2}
 
 
+def test_version_5_counts_each_sources_draws_as_what_it_gave_the_run():
+    v5 = current(version=5)
+    del v5["consumed"]
+    state = migrate(v5)
+    assert state["consumed"] == current()["consumed"]  # trained tokens: block_size - 1 a sample
+    assert validate_state(v5) == current()
+
+
 def test_a_current_state_is_only_checked():
     saved = current()
     assert migrate(saved) == saved and migrate(saved) is not saved
@@ -137,7 +149,7 @@ def test_a_current_state_is_only_checked():
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda s: s.update(version=STATE_VERSION + 1), r"state version 6 is not one of \(1, 2, 3, 4, 5\)"),
+        (lambda s: s.update(version=STATE_VERSION + 1), r"state version 7 is not one of \(1, 2, 3, 4, 5, 6\)"),
         (lambda s: s.update(version=0), r"state version 0 is not one of"),
         (lambda s: s.update(seed="x"), r"seed is 'x', expected a whole number >= 0"),
         (lambda s: s["sources"].update(a=[]), r"sources\['a'\] is \[\], expected a mapping with draws and blocks"),

@@ -129,7 +129,7 @@ def test_a_state_version_from_the_future_is_refused(scenario):
     state = loader.state_dict()
     state["version"] = STATE_VERSION + 1
     with pytest.raises(
-        ValueError, match=rf"state version {STATE_VERSION + 1} is not one of \(1, 2, 3, 4, 5\).*upgrade sharded_mix"
+        ValueError, match=rf"state version {STATE_VERSION + 1} is not one of \(1, 2, 3, 4, 5, 6\).*upgrade sharded_mix"
     ):
         loader.load_state_dict(state)
 

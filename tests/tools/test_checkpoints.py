@@ -96,8 +96,11 @@ def test_data_position_of_a_checkpoint(scenario, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "250 samples per rank on 1 rank(s) on 1 node(s), blocks of 16 tokens, seed 42" in out
     assert "10 of these samples per rank were fetched but not trained on" in out  # 25 batches, 24 steps
-    rows = {line.split()[0]: line.split()[1:6] for line in out.splitlines() if line.startswith(("m1 ", "main/1 "))}
-    assert rows == {"m1": ["0.4000", "0", "100", "/", "181"], "main/1": ["0.6000", "0", "150", "/", "1,206"]}
+    rows = {line.split()[0]: line.split()[1:8] for line in out.splitlines() if line.startswith(("m1 ", "main/1 "))}
+    assert rows == {  # weight, epoch, position / blocks, samples and trained tokens (15 a block) of the run
+        "m1": ["0.4000", "0", "100", "/", "181", "100", "1,500"],
+        "main/1": ["0.6000", "0", "150", "/", "1,206", "150", "2,250"],
+    }
     assert main(["data-position", str(step_dir / "lit_model.pth"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["data"]["taken"] == {"m1": 100, "main/1": 150}
 
