@@ -62,6 +62,66 @@ def _run_data_position(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_batch(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "batch",
+        help="show the rows of any optimizer step: sample, rank, source, shard, chunk, token position, epoch",
+        description="Reconstruct the rows of optimizer step N (1-based: global samples (N-1)*G .. N*G-1 for global "
+        "batch size G) without training. RUN is a LitGPT config YAML (the run as configured, from its resume "
+        "checkpoint if it has one) or a run's out_dir (the run as it happened: from its newest checkpoint before the "
+        "step, with the config saved there; earlier steps follow the checkpoint it resumed). Relative paths in the "
+        "config are read from the current directory, as litgpt pretrain reads them.",
+    )
+    p.add_argument("run", type=Path, help="a LitGPT config YAML, or a run's out_dir")
+    p.add_argument("--step", type=int, required=True, help="the optimizer step (1 = the first)")
+    p.add_argument("--rank", type=int, action="append", default=None, help="only this rank (repeatable)")
+    p.add_argument("--world-size", type=int, default=None, help="ranks of the run (default: from RUN)")
+    p.add_argument("--json", action="store_true", help='print {"step": N, "rows": [...]}')
+    p.add_argument("--text", action="store_true", help="decode each row with the run's tokenizer")
+    p.add_argument("--tokenizer-dir", type=Path, default=None, help="the tokenizer (default: the config's)")
+    p.set_defaults(func=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    import json
+
+    from sharded_mix.tools.batch import step_rows_of
+
+    rows, world, tokenizer_dir = step_rows_of(args.run, args.step, args.rank, args.world_size, read_tokens=args.text)
+    texts = [None] * len(rows)
+    if args.text:
+        import torch
+        from litgpt.tokenizer import Tokenizer
+
+        directory = args.tokenizer_dir or tokenizer_dir
+        if directory is None:
+            raise ValueError("--text needs a tokenizer: the config names none; give --tokenizer-dir.")
+        tokenizer = Tokenizer(directory)
+        texts = [tokenizer.decode(torch.tensor(row.tokens)) for row in rows]
+    if args.json:
+        listed = []
+        for row, text in zip(rows, texts):
+            entry = row.as_dict()
+            entry.pop("tokens", None)
+            if text is not None:
+                entry["text"] = text
+            listed.append(entry)
+        print(json.dumps({"step": args.step, "world_size": world, "rows": listed}, indent=2))
+        return 0
+    header = f"{'sample':>12} {'rank':>4} {'micro':>5} {'row':>4} {'source':<12} {'epoch':>5} {'position':>14}  chunk"
+    print(f"step {args.step}: {len(rows)} rows on {world} rank(s)")
+    print(header)
+    print("-" * len(header))
+    for row, text in zip(rows, texts):
+        print(
+            f"{row.sample:>12,} {row.rank:>4} {row.micro_batch:>5} {row.row:>4} {row.source:<12} {row.epoch:>5} "
+            f"{row.position:>14,}  {row.chunk}"
+        )
+        if text is not None:
+            print(f"    {text!r}")
+    return 0
+
+
 def add_resume_checkpoint(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "resume-checkpoint",

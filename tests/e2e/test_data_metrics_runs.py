@@ -2,15 +2,17 @@
 
 import csv
 import itertools
+import json
 import math
 import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import write_token_shard
-from litgpt_runs import pretrain_config, run_pretrain
+from litgpt_runs import LITGPT, pretrain_config, run_pretrain
 
 from sharded_mix import ShardedMixedDataset
 
@@ -100,3 +102,21 @@ def test_the_training_loss_is_the_same_without_the_metrics(run):
     with_metrics, without = logged(run / "out"), logged(off / "out")
     assert [row["loss"] for row in without] == [row["loss"] for row in with_metrics]  # bit for bit
     assert not [key for key in without[0] if key.startswith("data/")]
+
+
+def test_batch_names_the_rows_a_step_of_the_run_read(run):
+    data = ShardedMixedDataset(**{**INIT_ARGS, "data_path": run / "data", "val_data_path": run / "data/main/1"})
+    data.num_workers = 0
+    data.connect(batch_size=4, max_seq_length=64)
+    data.setup()
+    by_number = {number: shard for shard, number in SOURCES.items()}
+    batches = list(itertools.islice(iter(data.train_dataloader()), 6))
+    sharded_mix = str(Path(LITGPT).parent / "sharded-mix")
+    for step in (2, 5, 6):  # before and after the step-3 checkpoint, and the last
+        result = subprocess.run(
+            [sharded_mix, "batch", "out", "--step", str(step), "--json"], cwd=run, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        rows = json.loads(result.stdout)["rows"]
+        expected = [(by_number[int(row[0]) // STRIDE], int(row[0]) % STRIDE) for row in batches[step - 1]]
+        assert [(row["source"], row["position"]) for row in rows] == expected, step

@@ -72,3 +72,11 @@ def test_prepare_benchmark_small_run_completes(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [row["case"] for row in rows] == ["one big JSONL", "20 small JSONL files"]
     assert all(row["tokens"] == rows[0]["tokens"] > 0 and row["tokens_per_s"] > 0 for row in rows)
+
+
+def test_provenance_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "provenance.json"
+    run_benchmark("bench_provenance.py", "--quick", "--data-dir", str(tmp_path / "data"), "--json", str(out))
+    results = json.loads(out.read_text())
+    assert results["queries"]["rows_per_step"] == 1024 and results["queries"]["out_dir_query_s"] > 0
+    assert 0 < results["metrics"]["metrics_per_step_s"] < results["metrics"]["step_s"]

@@ -1,0 +1,128 @@
+"""What an optimizer step read: every row of any step, from the run's plan and cursor, without training.
+
+The training stream is a pure function of the plan: the cursor moves one round (one sample on every rank) at a
+time, exactly as the loaders move it, and each rank's block of a round is located as ``MixtureStream`` reads it.
+Reaching step N costs one blend draw per round before it (from the run's start, or from a checkpoint's position);
+no tokens are read unless asked for.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from sharded_mix.mixing.cursor import Cursor
+from sharded_mix.streaming.sources import ChunkMaps, SourceReader
+from sharded_mix.streaming.stream import MixtureStream
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One row of a step, on one rank."""
+
+    sample: int
+    """Global sample index: round × world size + rank (step N holds samples (N - 1)·G … N·G - 1)."""
+    rank: int
+    micro_batch: int
+    """The micro-batch of the step on that rank (0-based)."""
+    row: int
+    """The row within that micro-batch."""
+    source: str
+    shard: str
+    """The shard's path or URL."""
+    chunk: str
+    """The chunk file the block lies in."""
+    position: int
+    """Token offset of the row's first token in the shard's concatenated token stream."""
+    epoch: int
+    """The source's epoch the block belongs to."""
+    tokens: tuple[int, ...] | None = None
+
+    def as_dict(self) -> dict:
+        row = asdict(self)
+        if self.tokens is None:
+            del row["tokens"]
+        else:
+            row["tokens"] = list(self.tokens)
+        return row
+
+
+def block_location(reader: SourceReader, draw: int) -> tuple[int, int, int]:
+    """``(epoch, chunk, token offset in the shard's stream)`` of a source's ``draw``-th block."""
+    epoch, block = reader.locate(draw)
+    chunk = bisect.bisect_right(reader.chunk_starts, block) - 1
+    before = sum(reader.shard.chunk_tokens[:chunk])
+    return epoch, chunk, before + (block - reader.chunk_starts[chunk]) * reader.block_size
+
+
+def step_rows(
+    stream: MixtureStream,
+    cursor: Cursor,
+    step: int,
+    rounds_per_step: int,
+    ranks: Sequence[int],
+    read_tokens: bool = False,
+) -> list[StepRow]:
+    """The rows of optimizer step ``step`` (1-based) on ``ranks``, in rank then micro-batch order. ``cursor`` is
+    the stream's position at a batch boundary at or before the step's first round; it is moved to the step's end.
+    ``rounds_per_step``: samples per rank in a step (global batch size / world size)."""
+    first = (step - 1) * rounds_per_step
+    if cursor.samples > first:
+        raise ValueError(f"the position is past step {step}'s first sample ({cursor.samples:,} > {first:,} per rank)")
+    world, batch = stream.world_size, stream.batch_size
+    streams = {rank: _on_rank(stream, rank) for rank in ranks}
+    maps = ChunkMaps(stream.dtype, stream._max_open_maps(), stream.cache)
+    readers: dict[tuple[int, int], list[SourceReader]] = {}
+    rows: list[StepRow] = []
+    while cursor.samples < first + rounds_per_step:
+        if cursor.due():
+            cursor.switch()
+        if cursor.samples + batch <= first:
+            for _ in range(batch):
+                cursor.next_source()
+            continue
+        for _ in range(batch):
+            round_ = cursor.samples
+            index = cursor.next_source()
+            if round_ < first:
+                continue
+            before = cursor.draws(index) - world
+            for rank in ranks:
+                key = (cursor.index, streams[rank].node)  # a rank's readers are its node's
+                if key not in readers:
+                    readers[key] = streams[rank]._readers(cursor, maps)
+                reader = readers[key][index]
+                draw = before + (rank - before) % world
+                epoch, chunk, position = block_location(reader, draw)
+                tokens = None
+                if read_tokens:
+                    out = np.empty(reader.block_size, dtype=stream.dtype)
+                    reader.read_into(draw, out)
+                    tokens = tuple(int(token) for token in out)
+                offset = round_ - first
+                rows.append(
+                    StepRow(
+                        sample=round_ * world + rank,
+                        rank=rank,
+                        micro_batch=offset // batch,
+                        row=offset % batch,
+                        source=cursor.ids[index],
+                        shard=reader.shard.path,
+                        chunk=reader.shard.chunk_files[chunk],
+                        position=position,
+                        epoch=epoch,
+                        tokens=tokens,
+                    )
+                )
+    return sorted(rows, key=lambda row: (row.rank, row.micro_batch, row.row))
+
+
+def _on_rank(stream: MixtureStream, rank: int) -> MixtureStream:
+    """``stream`` as rank ``rank`` reads it (its node's slices)."""
+    on_rank = copy.copy(stream)
+    on_rank.rank, on_rank.node = rank, stream.topology.node_of(rank)
+    return on_rank

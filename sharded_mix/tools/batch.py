@@ -1,0 +1,147 @@
+"""``sharded-mix batch``: the rows of any optimizer step of a run, as configured (a LitGPT config) or as it happened
+(an ``out_dir``: the checkpoints' data states and saved configs), without training."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sharded_mix.config import checkpoint_step, load_run_config
+from sharded_mix.tools.checkpoints import CHECKPOINT_FILE, checkpoint_steps
+
+HYPERPARAMETERS = "hyperparameters.yaml"
+"""What LitGPT saves beside each checkpoint: the config the run was launched with."""
+
+
+@dataclass(frozen=True)
+class StepSource:
+    """Where a step's stream comes from: the config in force, and the data state it continues (None: step 0)."""
+
+    config: Path
+    checkpoint: Path | None
+    ranks_from: Path | None = None
+    """A checkpoint of the run that says how many ranks it read on (a config may say ``devices: auto``)."""
+
+
+def source_of_step(run: Path, step: int) -> StepSource:
+    """The config and data state that answer ``step`` of ``run``: a config YAML (the run as configured, from its
+    ``resume`` checkpoint if that exists and precedes the step), or an ``out_dir`` (its newest checkpoint before
+    the step and the config saved with it; steps before its first checkpoint follow its ``resume`` checkpoint's
+    run)."""
+    if step < 1:
+        raise ValueError(f"--step is {step}; steps count from 1 (the first optimizer step).")
+    if run.is_file():
+        return _from_config(run, step)
+    steps = checkpoint_steps(run)
+    if not steps:
+        raise ValueError(f"{str(run)!r} holds no step-*/{CHECKPOINT_FILE} checkpoints; give a run's out_dir or config.")
+    last = max(steps)
+    if step > last:
+        raise ValueError(
+            f"--step {step} is past {str(run)!r}'s last checkpoint (step {last:,}): give a step in 1..{last:,}, or "
+            "the run's config YAML to ask about steps it has not reached."
+        )
+    before = [saved for saved in steps if saved < step]
+    if before:
+        directory = steps[max(before)]
+        return StepSource(directory / HYPERPARAMETERS, directory / CHECKPOINT_FILE)
+    first = steps[min(steps)]
+    return replace(_from_config(first / HYPERPARAMETERS, step), ranks_from=first / CHECKPOINT_FILE)
+
+
+def _from_config(config: Path, step: int) -> StepSource:
+    import yaml
+
+    resume = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("resume")
+    resumed = checkpoint_step(resume) if isinstance(resume, str) else None
+    if resumed is None:
+        return StepSource(config, None)
+    checkpoint = Path(resume)
+    if checkpoint.name != CHECKPOINT_FILE:
+        checkpoint = checkpoint / CHECKPOINT_FILE
+    if resumed >= step:  # the run this one resumed trained that step
+        return source_of_step(checkpoint.parent.parent, step)
+    if not checkpoint.is_file():
+        raise ValueError(
+            f"{str(config)!r} resumes from {resume!r}, which is not here; the rows after it depend on its data state."
+        )
+    return StepSource(config, checkpoint)
+
+
+def world_of(config: Mapping) -> int | None:
+    """``devices × num_nodes`` of a LitGPT config, when both are whole numbers."""
+    devices, nodes = config.get("devices", 1), config.get("num_nodes", 1)
+    if isinstance(devices, int) and isinstance(nodes, int) and not isinstance(devices, bool):
+        return devices * nodes
+    return None
+
+
+def step_rows_of(
+    run: Path, step: int, ranks: Sequence[int] | None = None, world_size: int | None = None, read_tokens: bool = False
+):
+    """``(rows, world size, tokenizer_dir)`` of ``step`` of ``run`` (``streaming.provenance.step_rows``)."""
+    import yaml
+
+    from sharded_mix.datamodule import ShardedMixedDataset
+    from sharded_mix.litgpt_bridge import checkpoint_state
+    from sharded_mix.streaming.provenance import step_rows
+    from sharded_mix.streaming.stream import MixtureLoader, MixtureStream, ReadOptions
+
+    source = source_of_step(run, step)
+    config = yaml.safe_load(source.config.read_text(encoding="utf-8")) or {}
+    state = None
+    if source.checkpoint is not None:
+        saved = checkpoint_state(source.checkpoint)
+        state = None if saved is None else saved.get("train_dataloader")
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{str(source.checkpoint)!r} holds no readable sharded_mix data state.")
+    world = world_size or (state["world_size"] if state is not None else world_of(config))
+    if world is None and source.ranks_from is not None:
+        saved = checkpoint_state(source.ranks_from) or {}
+        world = (saved.get("train_dataloader") or {}).get("world_size")
+    if world is None:
+        raise ValueError(
+            f"{str(source.config)!r} does not say how many ranks read (devices: {config.get('devices')!r}); give "
+            "--world-size."
+        )
+    init_args, sizes = load_run_config(source.config)
+    if sizes.global_batch_size is None:
+        raise ValueError(f"{str(source.config)!r} sets no train.global_batch_size; a step's rows depend on it.")
+    init_args.setdefault("global_batch_size", sizes.global_batch_size)
+    quiet = [logging.getLogger(name) for name in ("sharded_mix", "litdata")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        data = ShardedMixedDataset(**init_args)
+        data.connect(batch_size=sizes.micro_batch_size, max_seq_length=sizes.max_seq_length)
+        data.setup()
+        plan = data.run_plan()
+        nodes = data.nodes or config.get("num_nodes") or 1
+        stream = MixtureStream(
+            plan.shards,
+            plan.stream_stages(world),
+            plan.micro_batch_size,
+            shuffle=data.shuffle,
+            world_size=world,
+            cache=data.chunk_cache(),
+            nodes=nodes,
+        )
+        options = ReadOptions(on_data_change=data.on_data_change, restart_on_resume=data.restart_data_on_resume)
+        loader = MixtureLoader(stream, options, plan)
+        if state is not None:
+            loader.load_state_dict(state)
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+    if plan.global_batch_size % world:
+        raise ValueError(f"global batch size {plan.global_batch_size} is not a multiple of {world} ranks.")
+    bad = [rank for rank in ranks or () if not 0 <= rank < world]
+    if bad:
+        raise ValueError(f"--rank {bad[0]} is not a rank of the run; give 0..{world - 1}.")
+    rows = step_rows(
+        stream, loader.cursor, step, plan.global_batch_size // world, ranks or range(world), read_tokens=read_tokens
+    )
+    return rows, world, config.get("tokenizer_dir")
