@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import BLOCK, SOURCE_STRIDE, make, source_of
+from conftest import BLOCK, SOURCE_STRIDE, make, source_of, write_token_shard
 
 from sharded_mix.cli import main
 from sharded_mix.tools.batch import step_rows_of
@@ -128,3 +128,22 @@ def test_the_json_output(scenario, tmp_path, capsys):
     assert set(printed["rows"][0]) == keys
     assert main(["batch", str(config), "--step", "2"]) == 0
     assert "step 2: 8 rows on 1 rank(s)" in capsys.readouterr().out
+
+
+def test_text_decodes_the_rows_with_the_runs_tokenizer(tmp_path, capsys):
+    from litgpt.tokenizer import Tokenizer
+
+    from sharded_mix.tools.demo import train_tokenizer
+
+    texts = ["the quick brown fox jumps over the lazy dog", "pack my box with five dozen liquor jugs"] * 20
+    tokenizer_dir = train_tokenizer(texts, 300, tmp_path / "tok")
+    tokenizer = Tokenizer(tokenizer_dir)
+    base = tmp_path / "data"
+    documents = [tokenizer.encode(text).numpy() for text in texts]
+    write_token_shard(base / "main" / "1", documents)
+    config = write_config(tmp_path / "run.yaml", base, literal_weights_str="main/1:1")
+    assert main(["batch", str(config), "--step", "2", "--json", "--text", "--tokenizer-dir", str(tokenizer_dir)]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    loader = make(base, batch_size=MICRO, global_batch_size=GLOBAL, literal_weights_str="main/1:1").train_dataloader()
+    blocks = [row for batch in itertools.islice(iter(loader), 4) for row in batch][GLOBAL:]
+    assert [row["text"] for row in rows] == [tokenizer.decode(block) for block in blocks]
