@@ -197,11 +197,11 @@ def attach_data_metrics(metrics) -> None:
     if fabric is None or pretrain is None or _calling_local("train", TrainArgs) is None:
         return
     installed = require_supported_litgpt()
-    source = inspect.getsource(pretrain.fit)
-    if TRAINING_LOG not in source:
+    source = inspect.getsource(inspect.unwrap(pretrain.fit))
+    if TRAINING_LOG not in source or "\n    fit(" not in inspect.getsource(pretrain.main):
         logger.warning(
-            "log_data_metrics: litgpt %s's pretrain loop does not log with `%s`; no data/ metrics are logged "
-            "(install %s).",
+            "log_data_metrics: litgpt %s's pretrain loop is not the expected one (`main` calling `fit`, which logs "
+            "with `%s`); no data/ metrics are logged (install %s).",
             installed,
             TRAINING_LOG,
             SUPPORTED_RANGE,
@@ -215,6 +215,16 @@ def attach_data_metrics(metrics) -> None:
         log_dict(values, step=step)
 
     fabric.log_dict = log_with_data_metrics
+    fit = inspect.unwrap(pretrain.fit)
+
+    def fit_then_summarise(*args, **kwargs):
+        result = fit(*args, **kwargs)
+        state = inspect.signature(fit).bind_partial(*args, **kwargs).arguments.get("state")
+        metrics.log_summary(state.get("iter_num") if isinstance(state, Mapping) else None)
+        return result
+
+    fit_then_summarise.__wrapped__ = fit
+    pretrain.fit = fit_then_summarise  # `main` calls it by its module name, after the data module is connected
     from litgpt import utils
 
     loss_source = inspect.getsource(utils.chunked_cross_entropy)
@@ -272,7 +282,7 @@ def attach_scheduled_lr(optimizer) -> None:
         return
     installed = require_supported_litgpt()
     expected = ["learning_rate", "it", "warmup_iters", "max_iters", "min_lr"]
-    source = inspect.getsource(pretrain.fit)
+    source = inspect.getsource(inspect.unwrap(pretrain.fit))
     if (
         list(inspect.signature(pretrain.get_lr).parameters) != expected
         or 'lr = get_lr(optimizer.defaults["lr"]' not in source

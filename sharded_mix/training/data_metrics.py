@@ -8,9 +8,37 @@ over), summed on the device and all-reduced only when LitGPT logs.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+logger = logging.getLogger(__name__)
+
+
+def summary_text(cursor, untrained: Iterable[str] = ()) -> str:
+    """Per source what it gave the run so far (all ranks): samples, trained tokens, share of the run, epochs read;
+    ``untrained``: the sources of rows the loader handed out that were not trained on (one each a rank)."""
+    consumed, left_out = cursor.consumed(), Counter(untrained)
+    trained = cursor.stage.block_size - 1
+    for source, rows in left_out.items():
+        samples, tokens = consumed[source]
+        consumed[source] = (samples - rows * cursor.world_size, tokens - rows * cursor.world_size * trained)
+    epochs = {
+        source: (cursor.draws(index) - left_out[source] * cursor.world_size) / cursor.stage.blocks[source]
+        for index, source in enumerate(cursor.ids)
+    }
+    total = sum(samples for samples, _ in consumed.values())
+    header = f"{'source':<14} {'samples':>14} {'tokens':>18} {'share':>8} {'epochs':>8}"
+    lines = [f"===== DATA SUMMARY: {total:,} samples over all ranks, stage {cursor.stage.name} =====", header]
+    lines.append("-" * len(header))
+    for source, (samples, tokens) in sorted(consumed.items()):
+        share = samples / total if total else 0.0
+        read = f"{epochs[source]:.3f}" if source in epochs else "-"
+        lines.append(f"{source:<14} {samples:>14,} {tokens:>18,} {share:>8.4f} {read:>8}")
+    return "\n".join(lines)
 
 
 def stream_measures(cursor) -> dict[str, float]:
@@ -63,6 +91,18 @@ class DataMetrics:
             self._window = torch.zeros(2, len(self.ids), dtype=torch.float64, device=loss_sums.device)
         self._window[0].index_add_(0, rows, loss_sums.detach().to(torch.float64))
         self._window[1].index_add_(0, rows, tokens.detach().to(torch.float64))
+
+    def log_summary(self, trained_micro_batches: int | None) -> None:
+        """The per-source summary of the run, logged on rank zero at the end of LitGPT's loop, which fetches one
+        micro-batch past its last step (``trained_micro_batches``: its ``iter_num``)."""
+        if self.loader is None or rank_zero_only.rank != 0:
+            return
+        cursor, untrained = self.loader.cursor, ()
+        fetched = cursor.samples // self.loader.dataset.batch_size
+        if trained_micro_batches == fetched - 1 and self.loader.last_rows is not None:
+            ids, sources = self.loader.last_rows
+            untrained = [ids[index] for index in sources]
+        logger.info("%s", summary_text(cursor, untrained))
 
     def values(self, all_reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
         """The metrics now; ``all_reduce`` sums a tensor over the ranks (every rank calls this at the same step)."""

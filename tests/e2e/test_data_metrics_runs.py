@@ -4,6 +4,7 @@ import csv
 import itertools
 import json
 import math
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -52,7 +53,7 @@ def drawn_in_python(root: Path, batches: int) -> Counter:
 def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("metrics")
     write_sources(root / "data")
-    run_pretrain(pretrain_config(root, {"num_workers": 1, **INIT_ARGS}), cwd=root)
+    (root / "output.txt").write_text(run_pretrain(pretrain_config(root, {"num_workers": 1, **INIT_ARGS}), cwd=root))
     return root
 
 
@@ -79,6 +80,14 @@ def test_the_csv_log_holds_exact_per_source_counts_and_losses(run):
             loss = row[f"data/loss/{source}"]
             assert (loss != "") == (in_step[source] > 0), (step, source, loss)
             assert loss == "" or (math.isfinite(float(loss)) and float(loss) > 0)
+
+
+def test_the_run_ends_with_a_per_source_summary(run):
+    output = (run / "output.txt").read_text()
+    summary = output[output.index("===== DATA SUMMARY: 24 samples over all ranks, stage default =====") :]
+    expected = drawn_in_python(run, 6)
+    for source in SOURCES:
+        assert re.search(rf"\n{re.escape(source)} +{expected[source]} +{expected[source] * 64:,} ", summary), source
 
 
 def test_a_resumed_run_ends_with_the_same_counts(run):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import BLOCK, make, source_of
 
-from sharded_mix.training.data_metrics import DataMetrics, stream_measures
+from sharded_mix.training.data_metrics import DataMetrics, stream_measures, summary_text
 
 IDS = {1: "main/1", 2: "m1"}
 STAGES = [
@@ -95,3 +95,16 @@ def test_every_rank_counts_the_rows_of_all_ranks(scenario, monkeypatch):
         measures.append(stream_measures(stream.cursor))
     assert measures[0] == measures[1] == measures[2]
     assert {source: measures[0][f"data/samples/{source}"] for source in all_rows} == dict(all_rows)
+
+
+def test_the_summary_leaves_out_rows_handed_out_but_not_trained(scenario):
+    stream = loader(scenario, literal_weights_str="main/1:0.5,m1:0.5")
+    batches = list(itertools.islice(iter(stream), 3))
+    trained = rows_by_source(batches[:2])
+    ids, sources = stream.last_rows
+    text = summary_text(stream.cursor, [ids[index] for index in sources])
+    assert "===== DATA SUMMARY: 8 samples over all ranks, stage default =====" in text
+    for source, count in trained.items():
+        blocks = 1206 if source == "main/1" else 181
+        row = f"{source:<14} {count:>14,} {count * (BLOCK - 1):>18,} {count / 8:>8.4f} {count / blocks:>8.3f}"
+        assert f"\n{row}" in text
