@@ -10,7 +10,9 @@ Run from the repository root:
    (global batch 1,024 blocks of 2,049 tokens on 64 ranks): (a) the run as it happened, an ``out_dir`` with a
    checkpoint every ``--save-interval`` steps, at the last step of the run (the newest checkpoint is
    ``--save-interval`` steps before it); (b) the run as configured, from its first step, at several steps. Each
-   is a whole query: discovery, plan, the checkpoint's state, the cursor's draws, every row of every rank.
+   is a whole query: discovery, plan, the checkpoint's state, the cursor's draws, every row of every rank. And
+   ``sharded-mix find`` (``reads_of``) of one c1 block over a tenth of the run and over all of it (the 64 ranks on
+   one node: find answers runs on one node).
 2. The ``data/`` metrics' cost per optimizer step on CPU, against a pythia-14m step (micro-batch 4 x 64 tokens):
    the loss call with per-row losses handed over against LitGPT's own ``chunked_cross_entropy``, plus
    ``add_row_losses`` and the metrics of a log step.
@@ -39,7 +41,7 @@ from bench_scale import BLOCK, MIX, SCALES, build  # noqa: E402
 from common import log, machine_info, machine_lines, quiet, report, verdict  # noqa: E402
 
 from sharded_mix.mixing.cursor import Cursor  # noqa: E402
-from sharded_mix.tools.batch import step_rows_of  # noqa: E402
+from sharded_mix.tools.batch import reads_of, step_rows_of  # noqa: E402
 
 WORLD, MICRO, GLOBAL = 64, 8, 1024
 TARGET_QUERY_S = 1.0
@@ -101,9 +103,16 @@ def measure_queries(base: Path, root: Path, total_tokens: int, save_interval: in
     for step in sorted({1, min(1_000, last), last // 10, last}):
         seconds, _ = timed(lambda step=step: step_rows_of(config, step, ranks=[0]))
         as_configured[step] = seconds
+    one_node = root / "one-node.yaml"  # find answers runs on one node: the same 64 ranks there
+    one_node.write_text(config.read_text().replace("devices: 8", "devices: 64").replace("num_nodes: 8", "num_nodes: 1"))
+    find = {}
+    for until in sorted({last // 10, last}):
+        seconds, (reads, _, _) = timed(lambda until=until: reads_of(one_node, "c1", 12_345 * BLOCK, until_step=until))
+        find[until] = {"seconds": seconds, "reads": len(reads)}
     return {
         "last_step": last,
         "rows_per_step": len(rows),
+        "find": find,
         "out_dir_query_s": statistics.median(as_happened),
         "save_interval": save_interval,
         "config_query_s": as_configured,
@@ -210,6 +219,11 @@ def main(argv=None) -> dict:
     ]
     for step, seconds in queries["config_query_s"].items():
         lines.append(f"| config, from step 0, rank 0 | {step:,} | {seconds:.2f} |")
+    for until, found in queries["find"].items():
+        lines.append(
+            f"| find c1 block 12,345 (read {found['reads']} times), config, steps 1..{until:,} | - | "
+            f"{found['seconds']:.2f} |"
+        )
     lines += [
         "",
         f"metrics: {metrics['metrics_per_step_s'] * 1e6:.0f} us a micro-batch (per-row sums and the per-source "

@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_runs.add_link_checkpoints(subparsers)
     cli_runs.add_data_position(subparsers)
     cli_runs.add_batch(subparsers)
+    cli_runs.add_find(subparsers)
     cli_runs.add_resume_checkpoint(subparsers)
     cli_runs.add_plan(subparsers)
     cli_configs.add_convert_config(subparsers)

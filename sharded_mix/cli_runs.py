@@ -122,6 +122,49 @@ def _run_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_find(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "find",
+        help="list every step, rank and row at which a block of a source is read",
+        description="The reverse of `batch`: every step (and rank, micro-batch, row) of RUN at which the block holding "
+        "token POSITION of SOURCE's shard is read, across its epochs and stages, from the run's first step (after "
+        "the checkpoint it resumes, if any) to --until-step (default: where train.max_tokens ends the run; for an "
+        "out_dir, its last checkpoint). RUN is a LitGPT config YAML or a run's out_dir, as for `batch`.",
+    )
+    p.add_argument("run", type=Path, help="a LitGPT config YAML, or a run's out_dir")
+    p.add_argument("--source", required=True, help="the source id (shard id), e.g. main/1 or c1")
+    p.add_argument(
+        "--position", type=int, required=True, help="a token offset in the shard's token stream (as `batch` prints)"
+    )
+    p.add_argument("--until-step", type=int, default=None, help="the last step to search")
+    p.add_argument("--world-size", type=int, default=None, help="ranks of the run (default: from RUN)")
+    p.add_argument("--json", action="store_true", help="print the reads as JSON")
+    p.set_defaults(func=_run_find)
+
+
+def _run_find(args: argparse.Namespace) -> int:
+    import json
+
+    from sharded_mix.tools.batch import reads_of
+
+    reads, first, until = reads_of(args.run, args.source, args.position, args.until_step, args.world_size)
+    if args.json:
+        listed = [read.as_dict() for read in reads]
+        printed = {"source": args.source, "position": args.position, "steps": [first, until], "reads": listed}
+        print(json.dumps(printed, indent=2))
+        return 0
+    print(f"{args.source} token {args.position:,}: read {len(reads)} time(s) in steps {first:,}..{until:,}")
+    header = f"{'step':>10} {'rank':>4} {'micro':>5} {'row':>4} {'sample':>14} {'epoch':>5}  stage"
+    print(header)
+    print("-" * len(header))
+    for read in reads:
+        print(
+            f"{read.step:>10,} {read.rank:>4} {read.micro_batch:>5} {read.row:>4} {read.sample:>14,} "
+            f"{read.epoch:>5}  {read.stage}"
+        )
+    return 0
+
+
 def add_resume_checkpoint(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "resume-checkpoint",

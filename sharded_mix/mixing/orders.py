@@ -61,6 +61,9 @@ class SequentialOrder:
     def block(self, position: int) -> int:
         return position
 
+    def position_of(self, block: int) -> int:
+        return block
+
 
 class WindowedOrder:
     """One epoch of a shuffled source, or the slice ``[lo, hi)`` of its chunk order that one node reads
@@ -116,6 +119,16 @@ class WindowedOrder:
     def slice_at(self, position: int) -> tuple[WindowedOrder, int]:
         return self, 0
 
+    def position_of(self, block: int) -> int | None:
+        """The position at which this epoch (or slice) draws ``block``; None when the slice does not hold it."""
+        chunk = int(np.searchsorted(self.chunk_starts, block, side="right")) - 1
+        along = int(np.flatnonzero(self.chunks == chunk)[0])
+        at = int(self.order_starts[along]) + block - int(self.chunk_starts[chunk])  # its place along the chunk order
+        if not self.lo <= at < self.hi:
+            return None
+        self._load((along - self.first) // self.window)
+        return self._lo + int(np.flatnonzero(np.frombuffer(self._blocks, dtype=np.int64) == block)[0])
+
     def window_of(self, position: int) -> int:
         """Index of the window holding ``position``."""
         return bisect.bisect_right(self.window_ends, position)
@@ -163,6 +176,9 @@ class LegacyOrder:
 
     def block(self, position: int) -> int:
         return self._blocks[position]
+
+    def position_of(self, block: int) -> int:
+        return int(np.flatnonzero(np.frombuffer(self._blocks, dtype=np.int64) == block)[0])
 
 
 class SlicedOrder:

@@ -126,3 +126,91 @@ def _on_rank(stream: MixtureStream, rank: int) -> MixtureStream:
     on_rank = copy.copy(stream)
     on_rank.rank, on_rank.node = rank, stream.topology.node_of(rank)
     return on_rank
+
+
+@dataclass(frozen=True)
+class BlockRead:
+    """One read of a block: the step, the rank and the row that trained on it."""
+
+    step: int
+    rank: int
+    micro_batch: int
+    row: int
+    sample: int
+    epoch: int
+    stage: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def block_of(shard_chunk_tokens: Sequence[int], block_size: int, position: int) -> int | None:
+    """The block (of ``block_size`` tokens, none across chunks) holding token ``position`` of a shard's stream; None
+    for a token in a chunk's tail that no block covers."""
+    start = 0
+    first_block = 0
+    for tokens in shard_chunk_tokens:
+        if position < start + tokens:
+            offset = (position - start) // block_size
+            return first_block + offset if offset < tokens // block_size else None
+        start += tokens
+        first_block += tokens // block_size
+    raise ValueError(f"--position {position:,} is past the shard's {start:,} tokens; give 0..{start - 1:,}.")
+
+
+def block_reads(
+    stream: MixtureStream, cursor: Cursor, source: str, position: int, rounds_per_step: int, until_step: int
+) -> list[BlockRead]:
+    """Every step up to ``until_step`` at which the block holding token ``position`` of ``source`` is read, with the
+    rank and row: across epochs (each epoch's order inverted once), stages (block sizes and orders as each stage
+    reads them) and the cursor's own start (a checkpoint's position). One blend draw per round, as ``step_rows``."""
+    if stream.topology.nodes > 1:
+        raise ValueError(
+            f"find answers runs on one node; this one spans {stream.topology.nodes} nodes, whose epochs are sliced "
+            "among them. Use `sharded-mix batch` for a step of it."
+        )
+    if source not in stream.shards:
+        raise ValueError(
+            f"--source {source!r} is not read by the run; its sources are {', '.join(sorted(stream.shards))}."
+        )
+    shard = stream.shards[source]
+    block_of(shard.chunk_tokens, 1, position)  # a position past the shard is an error in any stage
+    world, batch = stream.world_size, stream.batch_size
+    end = until_step * rounds_per_step
+    maps = ChunkMaps(stream.dtype, stream._max_open_maps(), stream.cache)
+    stage_index, reader, block, draws_at, index_of_source = None, None, None, {}, -1
+    reads: list[BlockRead] = []
+    while cursor.samples < end:
+        if cursor.due():
+            cursor.switch()
+        if cursor.index != stage_index:
+            stage_index, reader, block, draws_at = cursor.index, None, None, {}
+            if source in cursor.ids:
+                index_of_source = cursor.ids.index(source)
+                reader = stream._readers(cursor, maps)[index_of_source]
+                block = block_of(shard.chunk_tokens, reader.block_size, position)
+        for _ in range(batch):
+            round_ = cursor.samples
+            index = cursor.next_source()
+            if block is None or index != index_of_source:
+                continue
+            after = cursor.draws(index)
+            for epoch in range((after - world) // reader.blocks, (after - 1) // reader.blocks + 1):
+                if epoch not in draws_at:
+                    draws_at = {epoch: epoch * reader.blocks + reader._epoch_order(epoch)[0].position_of(block)}
+                draw = draws_at[epoch]
+                if after - world <= draw < after:
+                    rank = draw % world
+                    offset = round_ % rounds_per_step
+                    reads.append(
+                        BlockRead(
+                            step=round_ // rounds_per_step + 1,
+                            rank=rank,
+                            micro_batch=offset // batch,
+                            row=offset % batch,
+                            sample=round_ * world + rank,
+                            epoch=epoch,
+                            stage=cursor.stage.name,
+                        )
+                    )
+    return reads

@@ -34,9 +34,7 @@ def source_of_step(run: Path, step: int) -> StepSource:
         raise ValueError(f"--step is {step}; steps count from 1 (the first optimizer step).")
     if run.is_file():
         return _from_config(run, step)
-    steps = checkpoint_steps(run)
-    if not steps:
-        raise ValueError(f"{str(run)!r} holds no step-*/{CHECKPOINT_FILE} checkpoints; give a run's out_dir or config.")
+    steps = _checkpoints(run)
     last = max(steps)
     if step > last:
         raise ValueError(
@@ -51,7 +49,17 @@ def source_of_step(run: Path, step: int) -> StepSource:
     return replace(_from_config(first / HYPERPARAMETERS, step), ranks_from=first / CHECKPOINT_FILE)
 
 
-def _from_config(config: Path, step: int) -> StepSource:
+def _checkpoints(out_dir: Path) -> dict[int, Path]:
+    steps = checkpoint_steps(out_dir)
+    if not steps:
+        raise ValueError(
+            f"{str(out_dir)!r} holds no step-*/{CHECKPOINT_FILE} checkpoints; give a run's out_dir or config."
+        )
+    return steps
+
+
+def _from_config(config: Path, step: int | None) -> StepSource:
+    """What answers ``step`` of a config's run (None: the run's first step, after the checkpoint it resumes)."""
     import yaml
 
     resume = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("resume")
@@ -61,7 +69,7 @@ def _from_config(config: Path, step: int) -> StepSource:
     checkpoint = Path(resume)
     if checkpoint.name != CHECKPOINT_FILE:
         checkpoint = checkpoint / CHECKPOINT_FILE
-    if resumed >= step:  # the run this one resumed trained that step
+    if step is not None and resumed >= step:  # the run this one resumed trained that step
         return source_of_step(checkpoint.parent.parent, step)
     if not checkpoint.is_file():
         raise ValueError(
@@ -78,18 +86,27 @@ def world_of(config: Mapping) -> int | None:
     return None
 
 
-def step_rows_of(
-    run: Path, step: int, ranks: Sequence[int] | None = None, world_size: int | None = None, read_tokens: bool = False
-):
-    """``(rows, world size, tokenizer_dir)`` of ``step`` of ``run`` (``streaming.provenance.step_rows``)."""
+@dataclass
+class StreamAt:
+    """A run's training stream rebuilt offline: the stream, its cursor at the source's checkpoint (or step 0), the
+    ranks, rounds per step, the run's last step (from ``train.max_tokens``, if set) and its config."""
+
+    stream: object
+    cursor: object
+    world_size: int
+    rounds_per_step: int
+    last_step: int | None
+    config: dict
+
+
+def stream_at(source: StepSource, world_size: int | None = None) -> StreamAt:
+    """The stream ``source`` names, with its cursor where the source's checkpoint left it."""
     import yaml
 
     from sharded_mix.datamodule import ShardedMixedDataset
     from sharded_mix.litgpt_bridge import checkpoint_state
-    from sharded_mix.streaming.provenance import step_rows
     from sharded_mix.streaming.stream import MixtureLoader, MixtureStream, ReadOptions
 
-    source = source_of_step(run, step)
     config = yaml.safe_load(source.config.read_text(encoding="utf-8")) or {}
     state = None
     if source.checkpoint is not None:
@@ -119,7 +136,6 @@ def step_rows_of(
         data.connect(batch_size=sizes.micro_batch_size, max_seq_length=sizes.max_seq_length)
         data.setup()
         plan = data.run_plan()
-        nodes = data.nodes or config.get("num_nodes") or 1
         stream = MixtureStream(
             plan.shards,
             plan.stream_stages(world),
@@ -127,7 +143,7 @@ def step_rows_of(
             shuffle=data.shuffle,
             world_size=world,
             cache=data.chunk_cache(),
-            nodes=nodes,
+            nodes=data.nodes or config.get("num_nodes") or 1,
         )
         options = ReadOptions(on_data_change=data.on_data_change, restart_on_resume=data.restart_data_on_resume)
         loader = MixtureLoader(stream, options, plan)
@@ -138,10 +154,45 @@ def step_rows_of(
             logger.setLevel(level)
     if plan.global_batch_size % world:
         raise ValueError(f"global batch size {plan.global_batch_size} is not a multiple of {world} ranks.")
-    bad = [rank for rank in ranks or () if not 0 <= rank < world]
+    step_tokens = plan.global_batch_size * sizes.max_seq_length
+    last = None if sizes.max_tokens is None else sizes.max_tokens // step_tokens
+    return StreamAt(stream, loader.cursor, world, plan.global_batch_size // world, last, config)
+
+
+def step_rows_of(
+    run: Path, step: int, ranks: Sequence[int] | None = None, world_size: int | None = None, read_tokens: bool = False
+):
+    """``(rows, world size, tokenizer_dir)`` of ``step`` of ``run`` (``streaming.provenance.step_rows``)."""
+    from sharded_mix.streaming.provenance import step_rows
+
+    at = stream_at(source_of_step(run, step), world_size)
+    bad = [rank for rank in ranks or () if not 0 <= rank < at.world_size]
     if bad:
-        raise ValueError(f"--rank {bad[0]} is not a rank of the run; give 0..{world - 1}.")
+        raise ValueError(f"--rank {bad[0]} is not a rank of the run; give 0..{at.world_size - 1}.")
     rows = step_rows(
-        stream, loader.cursor, step, plan.global_batch_size // world, ranks or range(world), read_tokens=read_tokens
+        at.stream, at.cursor, step, at.rounds_per_step, ranks or range(at.world_size), read_tokens=read_tokens
     )
-    return rows, world, config.get("tokenizer_dir")
+    return rows, at.world_size, at.config.get("tokenizer_dir")
+
+
+def reads_of(run: Path, source: str, position: int, until_step: int | None = None, world_size: int | None = None):
+    """``(reads, first step, last step)``: every read of the block holding token ``position`` of ``source`` in
+    ``run`` from its first step (its resume checkpoint's, for a run that resumed one) to ``until_step`` (default:
+    the step ``train.max_tokens`` ends it at; for an ``out_dir``, its last checkpoint)."""
+    from sharded_mix.streaming.provenance import block_reads
+
+    if run.is_file():
+        start, last_checkpoint = _from_config(run, None), None
+    else:
+        steps = _checkpoints(run)
+        first = steps[min(steps)]
+        start = replace(_from_config(first / HYPERPARAMETERS, None), ranks_from=first / CHECKPOINT_FILE)
+        last_checkpoint = max(steps)
+    at = stream_at(start, world_size)
+    until = until_step or last_checkpoint or at.last_step
+    if until is None:
+        raise ValueError(f"{str(run)!r} sets no train.max_tokens: give --until-step, the last step to search.")
+    if until < 1:
+        raise ValueError(f"--until-step is {until}; give a step >= 1.")
+    first_step = at.cursor.samples // at.rounds_per_step + 1
+    return block_reads(at.stream, at.cursor, source, position, at.rounds_per_step, until), first_step, until

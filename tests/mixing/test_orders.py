@@ -124,3 +124,25 @@ def test_windows_list_their_chunks_in_reading_order():
         assert touched == set(order.chunks_from(window, 2))
         read += order.chunks_from(window, 2)
     assert read == order.chunks_from(0, 99) and sorted(read) == list(range(5))
+
+
+def test_position_of_inverts_every_order():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        chunks = rng.integers(1, 40, size=int(rng.integers(1, 30))).tolist()
+        total = sum(chunks)
+        window = int(rng.integers(1, 5))
+        for order in (
+            WindowedOrder(chunks, Ordering(trial, window), "x", trial),
+            LegacyOrder(chunks, trial, "x", 1),
+            SequentialOrder(),
+        ):
+            assert [order.block(order.position_of(block)) for block in range(total)] == list(range(total))
+        lo, hi = sorted(int(bound) for bound in rng.integers(0, total + 1, size=2))
+        if hi > lo:  # a node's slice holds some blocks only
+            piece = WindowedOrder(chunks, Ordering(trial, 2), "x", 0, lo, hi)
+            held = {piece.block(position) for position in range(hi - lo)}
+            for block in range(total):
+                position = piece.position_of(block)
+                assert (position is not None) == (block in held)
+                assert position is None or piece.block(position) == block

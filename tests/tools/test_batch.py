@@ -9,7 +9,7 @@ import yaml
 from conftest import BLOCK, SOURCE_STRIDE, make, source_of, write_token_shard
 
 from sharded_mix.cli import main
-from sharded_mix.tools.batch import step_rows_of
+from sharded_mix.tools.batch import reads_of, step_rows_of
 
 IDS = {1: "main/1", 2: "m1"}
 MICRO, GLOBAL = 4, 8  # two micro-batches a step on one rank
@@ -147,3 +147,51 @@ def test_text_decodes_the_rows_with_the_runs_tokenizer(tmp_path, capsys):
     loader = make(base, batch_size=MICRO, global_batch_size=GLOBAL, literal_weights_str="main/1:1").train_dataloader()
     blocks = [row for batch in itertools.islice(iter(loader), 4) for row in batch][GLOBAL:]
     assert [row["text"] for row in rows] == [tokenizer.decode(block) for block in blocks]
+
+
+def brute_force_reads(base, steps, world, monkeypatch, **fields):
+    """``{(source, position): [(step, rank, micro-batch, row), ...]}`` of every row the data module yields."""
+    reads = {}
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    for rank in range(world):
+        monkeypatch.setenv("RANK", str(rank))
+        for step, rows in enumerate(yielded(base, steps, world=world, **fields)[0], start=1):
+            for offset, key in enumerate(rows):
+                reads.setdefault(key, []).append((step, rank, offset // MICRO, offset % MICRO))
+    return reads
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_find_lists_every_read_of_a_block_across_epochs_and_stages(scenario, tmp_path, world, monkeypatch):
+    stages = [*STAGES[:2], {"name": "math", "start_step": 40, "literal_weights_str": "m1:1", "seed": 7}]
+    config = write_config(tmp_path / "run.yaml", scenario, world=world, stages=stages)
+    steps = 90  # m1 (181 blocks) runs through more than one epoch
+    truth = brute_force_reads(scenario, steps, world, monkeypatch, stages=stages)
+    m1_blocks = [key for key in truth if key[0] == "m1"]
+    twice = max(m1_blocks, key=lambda key: len(truth[key]))
+    assert len(truth[twice]) > 1  # read in two epochs, the second in stage math's order
+    for source, position in [twice, *m1_blocks[:: len(m1_blocks) // 6], ("main/1", 0), ("main/1", BLOCK * 7 + 3)]:
+        reads, first, until = reads_of(config, source, position, until_step=steps)
+        block_start = position - position % BLOCK
+        expected = truth.get((source, block_start), [])
+        assert (first, until) == (1, steps)
+        assert [(read.step, read.rank, read.micro_batch, read.row) for read in reads] == sorted(expected), position
+        for read in reads:  # and `batch` shows the block at that step, rank and row
+            rows = step_rows_of(config, read.step, ranks=[read.rank])[0]
+            assert (
+                rows[read.micro_batch * MICRO + read.row].source,
+                rows[read.micro_batch * MICRO + read.row].position,
+            ) == (source, block_start)
+
+
+def test_find_bad_input(scenario, tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", scenario, literal_weights_str="main/1:1")
+    assert main(["find", str(config), "--source", "m1", "--position", "0", "--until-step", "3"]) == 2
+    assert "--source 'm1' is not read by the run; its sources are main/1" in capsys.readouterr().err
+    assert main(["find", str(config), "--source", "main/1", "--position", "10000000", "--until-step", "3"]) == 2
+    assert "--position 10,000,000 is past the shard's" in capsys.readouterr().err
+    assert main(["find", str(config), "--source", "main/1", "--position", "0"]) == 2
+    assert "sets no train.max_tokens: give --until-step" in capsys.readouterr().err
+    assert main(["find", str(config), "--source", "main/1", "--position", "0", "--until-step", "150", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)  # main/1's 1,206 blocks, 8 a step: each read once by step 150
+    assert printed["steps"] == [1, 150] and len(printed["reads"]) == 1 and printed["reads"][0]["epoch"] == 0
