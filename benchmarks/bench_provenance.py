@@ -62,14 +62,10 @@ def write_config(path: Path, base: Path) -> Path:
 
 def write_checkpoint(out_dir: Path, config: Path, step: int) -> None:
     """``out_dir/step-N`` with the data state a run on 64 ranks saves after step N (the cursor moved there)."""
-    from sharded_mix.datamodule import ShardedMixedDataset
     from sharded_mix.streaming.stream import MixtureLoader, MixtureStream
+    from sharded_mix.tools.offline import offline_data_module
 
-    init_args = yaml.safe_load(config.read_text())["data"]["init_args"]
-    data = ShardedMixedDataset(**init_args, global_batch_size=GLOBAL)
-    data.connect(batch_size=MICRO, max_seq_length=BLOCK - 1)
-    data.setup()
-    plan = data.run_plan()
+    plan = offline_data_module(config)[0].run_plan()
     stream = MixtureStream(plan.shards, plan.stream_stages(WORLD), MICRO, world_size=WORLD, nodes=8)
     loader = MixtureLoader(stream, plan=plan)
     cursor = Cursor(stream.stages, WORLD)

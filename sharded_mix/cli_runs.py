@@ -4,7 +4,6 @@ resume-checkpoint, plan, eval-results, val-loss."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -224,24 +223,11 @@ def _run_plan(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from sharded_mix.config import load_run_config
-    from sharded_mix.datamodule import ShardedMixedDataset
     from sharded_mix.mixing.plan import format_mixture_plan, format_stage_plan, plot_stage_plan
+    from sharded_mix.tools.offline import offline_data_module
 
-    init_args, sizes = load_run_config(args.config)
-    quiet = [] if args.verbose else [logging.getLogger(name) for name in ("sharded_mix", "litdata")]
-    levels = [logger.level for logger in quiet]
-    for logger in quiet:  # the plan below says it all; setup's own log lines would repeat it
-        logger.setLevel(logging.WARNING)
-    try:
-        if sizes.global_batch_size is not None:
-            init_args.setdefault("global_batch_size", sizes.global_batch_size)  # LitGPT would pass train's
-        data = ShardedMixedDataset(**init_args)
-        data.connect(batch_size=sizes.micro_batch_size, max_seq_length=sizes.max_seq_length)
-        data.setup()
-    finally:
-        for logger, level in zip(quiet, levels):
-            logger.setLevel(level)
+    # quiet: the plan below says it all; setup's own log lines would repeat it
+    data, sizes = offline_data_module(args.config, quiet=not args.verbose)
     resume_step = args.resume_step if args.resume_step is not None else sizes.resume_step
     rows = data.plan(args.max_tokens if args.max_tokens is not None else sizes.max_tokens, resume_step)
     if args.json:

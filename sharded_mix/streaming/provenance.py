@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -51,12 +52,17 @@ class StepRow:
         return row
 
 
-def block_location(reader: SourceReader, draw: int) -> tuple[int, int, int]:
-    """``(epoch, chunk, token offset in the shard's stream)`` of a source's ``draw``-th block."""
+def token_starts(chunk_tokens: Sequence[int]) -> list[int]:
+    """The first token of each chunk in the shard's concatenated token stream, plus the shard's total."""
+    return [0, *itertools.accumulate(chunk_tokens)]
+
+
+def block_location(reader: SourceReader, draw: int, starts: Sequence[int]) -> tuple[int, int, int]:
+    """``(epoch, chunk, token offset in the shard's stream)`` of a source's ``draw``-th block; ``starts``: the shard's
+    ``token_starts``."""
     epoch, block = reader.locate(draw)
     chunk = bisect.bisect_right(reader.chunk_starts, block) - 1
-    before = sum(reader.shard.chunk_tokens[:chunk])
-    return epoch, chunk, before + (block - reader.chunk_starts[chunk]) * reader.block_size
+    return epoch, chunk, starts[chunk] + (block - reader.chunk_starts[chunk]) * reader.block_size
 
 
 def step_rows(
@@ -77,6 +83,7 @@ def step_rows(
     streams = {rank: _on_rank(stream, rank) for rank in ranks}
     maps = ChunkMaps(stream.dtype, stream._max_open_maps(), stream.cache)
     readers: dict[tuple[int, int], list[SourceReader]] = {}
+    starts: dict[str, list[int]] = {}  # token_starts of each shard read
     rows: list[StepRow] = []
     while cursor.samples < first + rounds_per_step:
         if cursor.due():
@@ -97,7 +104,9 @@ def step_rows(
                     readers[key] = streams[rank]._readers(cursor, maps)
                 reader = readers[key][index]
                 draw = before + (rank - before) % world
-                epoch, chunk, position = block_location(reader, draw)
+                if reader.shard.id not in starts:
+                    starts[reader.shard.id] = token_starts(reader.shard.chunk_tokens)
+                epoch, chunk, position = block_location(reader, draw, starts[reader.shard.id])
                 tokens = None
                 if read_tokens:
                     out = np.empty(reader.block_size, dtype=stream.dtype)
@@ -144,18 +153,18 @@ class BlockRead:
         return asdict(self)
 
 
-def block_of(shard_chunk_tokens: Sequence[int], block_size: int, position: int) -> int | None:
-    """The block (of ``block_size`` tokens, none across chunks) holding token ``position`` of a shard's stream; None
-    for a token in a chunk's tail that no block covers."""
-    start = 0
-    first_block = 0
-    for tokens in shard_chunk_tokens:
-        if position < start + tokens:
-            offset = (position - start) // block_size
-            return first_block + offset if offset < tokens // block_size else None
-        start += tokens
-        first_block += tokens // block_size
-    raise ValueError(f"--position {position:,} is past the shard's {start:,} tokens; give 0..{start - 1:,}.")
+def block_of(chunk_tokens: Sequence[int], starts: Sequence[int], block_size: int, position: int) -> int | None:
+    """The block (of ``block_size`` tokens, none across chunks) holding token ``position`` of a shard's stream
+    (``starts``: its ``token_starts``); None for a token in a chunk's tail that no block covers."""
+    if not 0 <= position < starts[-1]:
+        raise ValueError(
+            f"--position {position:,} is past the shard's {starts[-1]:,} tokens; give 0..{starts[-1] - 1:,}."
+        )
+    chunk = bisect.bisect_right(starts, position) - 1
+    offset = (position - starts[chunk]) // block_size
+    if offset >= chunk_tokens[chunk] // block_size:
+        return None
+    return sum(tokens // block_size for tokens in chunk_tokens[:chunk]) + offset
 
 
 def block_reads(
@@ -174,7 +183,8 @@ def block_reads(
             f"--source {source!r} is not read by the run; its sources are {', '.join(sorted(stream.shards))}."
         )
     shard = stream.shards[source]
-    block_of(shard.chunk_tokens, 1, position)  # a position past the shard is an error in any stage
+    starts = token_starts(shard.chunk_tokens)
+    block_of(shard.chunk_tokens, starts, 1, position)  # a position past the shard is an error in any stage
     world, batch = stream.world_size, stream.batch_size
     end = until_step * rounds_per_step
     maps = ChunkMaps(stream.dtype, stream._max_open_maps(), stream.cache)
@@ -188,7 +198,7 @@ def block_reads(
             if source in cursor.ids:
                 index_of_source = cursor.ids.index(source)
                 reader = stream._readers(cursor, maps)[index_of_source]
-                block = block_of(shard.chunk_tokens, reader.block_size, position)
+                block = block_of(shard.chunk_tokens, starts, reader.block_size, position)
         for _ in range(batch):
             round_ = cursor.samples
             index = cursor.next_source()

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sharded_mix.config import checkpoint_step, load_run_config
+from sharded_mix.config import checkpoint_step
 from sharded_mix.tools.checkpoints import CHECKPOINT_FILE, checkpoint_steps
 
 HYPERPARAMETERS = "hyperparameters.yaml"
@@ -103,9 +102,9 @@ def stream_at(source: StepSource, world_size: int | None = None) -> StreamAt:
     """The stream ``source`` names, with its cursor where the source's checkpoint left it."""
     import yaml
 
-    from sharded_mix.datamodule import ShardedMixedDataset
     from sharded_mix.litgpt_bridge import checkpoint_state
     from sharded_mix.streaming.stream import MixtureLoader, MixtureStream, ReadOptions
+    from sharded_mix.tools.offline import offline_data_module, quiet_logs
 
     config = yaml.safe_load(source.config.read_text(encoding="utf-8")) or {}
     state = None
@@ -123,35 +122,24 @@ def stream_at(source: StepSource, world_size: int | None = None) -> StreamAt:
             f"{str(source.config)!r} does not say how many ranks read (devices: {config.get('devices')!r}); give "
             "--world-size."
         )
-    init_args, sizes = load_run_config(source.config)
+    data, sizes = offline_data_module(source.config)
     if sizes.global_batch_size is None:
         raise ValueError(f"{str(source.config)!r} sets no train.global_batch_size; a step's rows depend on it.")
-    init_args.setdefault("global_batch_size", sizes.global_batch_size)
-    quiet = [logging.getLogger(name) for name in ("sharded_mix", "litdata")]
-    levels = [logger.level for logger in quiet]
-    for logger in quiet:
-        logger.setLevel(logging.WARNING)
-    try:
-        data = ShardedMixedDataset(**init_args)
-        data.connect(batch_size=sizes.micro_batch_size, max_seq_length=sizes.max_seq_length)
-        data.setup()
-        plan = data.run_plan()
-        stream = MixtureStream(
-            plan.shards,
-            plan.stream_stages(world),
-            plan.micro_batch_size,
-            shuffle=data.shuffle,
-            world_size=world,
-            cache=data.chunk_cache(),
-            nodes=data.nodes or config.get("num_nodes") or 1,
-        )
-        options = ReadOptions(on_data_change=data.on_data_change, restart_on_resume=data.restart_data_on_resume)
-        loader = MixtureLoader(stream, options, plan)
-        if state is not None:
+    plan = data.run_plan()
+    stream = MixtureStream(
+        plan.shards,
+        plan.stream_stages(world),
+        plan.micro_batch_size,
+        shuffle=data.shuffle,
+        world_size=world,
+        cache=data.chunk_cache(),
+        nodes=data.nodes or config.get("num_nodes") or 1,
+    )
+    options = ReadOptions(on_data_change=data.on_data_change, restart_on_resume=data.restart_data_on_resume)
+    loader = MixtureLoader(stream, options, plan)
+    if state is not None:
+        with quiet_logs():
             loader.load_state_dict(state)
-    finally:
-        for logger, level in zip(quiet, levels):
-            logger.setLevel(level)
     if plan.global_batch_size % world:
         raise ValueError(f"global batch size {plan.global_batch_size} is not a multiple of {world} ranks.")
     step_tokens = plan.global_batch_size * sizes.max_seq_length
