@@ -11,8 +11,8 @@ Run from the repository root:
    checkpoint every ``--save-interval`` steps, at the last step of the run (the newest checkpoint is
    ``--save-interval`` steps before it); (b) the run as configured, from its first step, at several steps. Each
    is a whole query: discovery, plan, the checkpoint's state, the cursor's draws, every row of every rank. And
-   ``sharded-mix find`` (``reads_of``) of one c1 block over a tenth of the run and over all of it (the 64 ranks on
-   one node: find answers runs on one node).
+   ``sharded-mix find`` (``reads_of``) of one c1 block over a tenth of the run and over all of it, and of one c1
+   document (c1 given prepare's document files for this: documents of 1,024..7,168 tokens).
 2. The ``data/`` metrics' cost per optimizer step on CPU, against a pythia-14m step (micro-batch 4 x 64 tokens):
    the loss call with per-row losses handed over against LitGPT's own ``chunked_cross_entropy``, plus
    ``add_row_losses`` and the metrics of a log step.
@@ -35,6 +35,7 @@ for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from bench_scale import BLOCK, MIX, SCALES, build  # noqa: E402
@@ -78,6 +79,29 @@ def write_checkpoint(out_dir: Path, config: Path, step: int) -> None:
     (directory / "hyperparameters.yaml").write_text(config.read_text())
 
 
+def write_fake_documents(shard: Path, mean_tokens: int = 4096) -> int:
+    """prepare's document files for the sparse shard at ``shard``: documents of 1,024..7,168 tokens (mean about
+    ``mean_tokens``) covering its tokens, all from one input; the documents written."""
+    from sharded_mix.streaming.discovery import read_index
+    from sharded_mix.tools.documents import RECORD, RECORDS_FILE, DocumentInput, write_listing
+
+    tokens = sum(chunk["dim"] for chunk in read_index(shard)["chunks"])
+    start, written, block = 0, 0, 1 << 22
+    with open(shard / RECORDS_FILE, "wb") as out:
+        while start < tokens:
+            numbers = np.arange(written, written + block, dtype=np.uint64)
+            lengths = 1024 + (numbers * 7919) % (2 * mean_tokens - 2047)
+            starts = start + np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.uint64)
+            starts = starts[starts < tokens]
+            records = np.zeros(len(starts), dtype=RECORD)
+            records["start"], records["record"] = starts, numbers[: len(starts)] + 1
+            out.write(records.tobytes())
+            written += len(starts)
+            start = int(starts[-1] + lengths[len(starts) - 1])
+    write_listing(shard, [DocumentInput("corpus/code.jsonl", "line")], written, tokens)
+    return written
+
+
 def timed(call) -> tuple[float, object]:
     start = time.perf_counter()
     result = call()
@@ -99,17 +123,24 @@ def measure_queries(base: Path, root: Path, total_tokens: int, save_interval: in
     for step in sorted({1, min(1_000, last), last // 10, last}):
         seconds, _ = timed(lambda step=step: step_rows_of(config, step, ranks=[0]))
         as_configured[step] = seconds
-    one_node = root / "one-node.yaml"  # find answers runs on one node: the same 64 ranks there
-    one_node.write_text(config.read_text().replace("devices: 8", "devices: 64").replace("num_nodes: 8", "num_nodes: 1"))
+    documents = write_fake_documents(base / "train" / "c1")
+    with_documents = [timed(lambda: step_rows_of(out_dir, last))[0] for _ in range(3)]
     find = {}
     for until in sorted({last // 10, last}):
-        seconds, (reads, _, _) = timed(lambda until=until: reads_of(one_node, "c1", 12_345 * BLOCK, until_step=until))
+        seconds, (reads, _, _, _) = timed(lambda until=until: reads_of(config, "c1", 12_345 * BLOCK, until_step=until))
         find[until] = {"seconds": seconds, "reads": len(reads)}
+    document = documents // 2 + 12_345
+    find_document_s, (reads, *_) = timed(lambda: reads_of(config, "c1", until_step=last, document=document))
+    (base / "train" / "c1" / "documents.bin").unlink()  # the shards stay as bench_scale builds them
+    (base / "train" / "c1" / "documents.json").unlink()
     return {
         "last_step": last,
         "rows_per_step": len(rows),
         "find": find,
         "out_dir_query_s": statistics.median(as_happened),
+        "c1_documents": documents,
+        "out_dir_query_with_documents_s": statistics.median(with_documents),
+        "find_document": {"document": document, "seconds": find_document_s, "reads": len(reads)},
         "save_interval": save_interval,
         "config_query_s": as_configured,
     }
@@ -213,6 +244,10 @@ def main(argv=None) -> dict:
         f"| out_dir, newest checkpoint {queries['save_interval']:,} steps before | {queries['last_step']:,} | "
         f"{queries['out_dir_query_s']:.2f} |",
     ]
+    lines.append(
+        f"| out_dir, the same, c1 with document files ({queries['c1_documents']:,} documents) | "
+        f"{queries['last_step']:,} | {queries['out_dir_query_with_documents_s']:.2f} |"
+    )
     for step, seconds in queries["config_query_s"].items():
         lines.append(f"| config, from step 0, rank 0 | {step:,} | {seconds:.2f} |")
     for until, found in queries["find"].items():
@@ -220,6 +255,11 @@ def main(argv=None) -> dict:
             f"| find c1 block 12,345 (read {found['reads']} times), config, steps 1..{until:,} | - | "
             f"{found['seconds']:.2f} |"
         )
+    found = queries["find_document"]
+    lines.append(
+        f"| find --document {found['document']:,} of c1 (read {found['reads']} times), config, steps "
+        f"1..{queries['last_step']:,} | - | {found['seconds']:.2f} |"
+    )
     lines += [
         "",
         f"metrics: {metrics['metrics_per_step_s'] * 1e6:.0f} us a micro-batch (per-row sums and the per-source "

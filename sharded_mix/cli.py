@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_data.add_inspect(subparsers)
     cli_data.add_link(subparsers)
     cli_data.add_merge(subparsers)
+    cli_data.add_hash(subparsers)
     cli_configs.add_sweep(subparsers)
     cli_runs.add_eval_results(subparsers)
     cli_runs.add_val_loss(subparsers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -232,6 +233,32 @@ def _run_link(args: argparse.Namespace) -> int:
     print_links(link_data(args.base, args.main, named, dry_run=args.dry_run), args.dry_run)
     if args.dry_run:
         print("dry run: nothing changed")
+    return 0
+
+
+def add_hash(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "hash",
+        help="add content hashes (checksums.json) to shards, for verification while training",
+        description="Hash every chunk file of every shard at or under PATH (xxh3-128, in worker processes) into a "
+        "checksums.json beside its index.json, so training verifies each chunk once per node (verify_chunks: "
+        "first_read). Shards written by `sharded-mix prepare` have one already. An interrupted run resumes where it "
+        "stopped; index.json and the chunks are not changed.",
+    )
+    p.add_argument("path", type=Path, help="a shard directory, or a base directory of shards")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="hashing processes (default: all cores)")
+    p.add_argument("--force", action="store_true", help="hash again even where checksums.json covers the shard")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_hash)
+
+
+def _run_hash(args: argparse.Namespace) -> int:
+    from sharded_mix.tools.hash_shards import hash_path
+
+    if args.workers < 1:
+        raise ValueError(f"--workers is {args.workers}; give 1 or more.")
+    for report in hash_path(args.path, args.workers, args.force, progress=not args.no_progress):
+        print(report.describe())
     return 0
 
 

@@ -107,14 +107,22 @@ def _run_batch(args: argparse.Namespace) -> int:
             listed.append(entry)
         print(json.dumps({"step": args.step, "world_size": world, "rows": listed}, indent=2))
         return 0
+    from sharded_mix.tools.documents import describe_origin
+
     header = f"{'sample':>12} {'rank':>4} {'micro':>5} {'row':>4} {'source':<12} {'epoch':>5} {'position':>14}  chunk"
+    if any(row.documents is not None for row in rows):
+        header += "  documents (first: ordinal input:line)"
     print(f"step {args.step}: {len(rows)} rows on {world} rank(s)")
     print(header)
     print("-" * len(header))
     for row, text in zip(rows, texts):
+        documents = ""
+        if row.documents:
+            more = f" +{len(row.documents) - 1} more" if len(row.documents) > 1 else ""
+            documents = f"  {describe_origin(row.documents[0])}{more}"
         print(
             f"{row.sample:>12,} {row.rank:>4} {row.micro_batch:>5} {row.row:>4} {row.source:<12} {row.epoch:>5} "
-            f"{row.position:>14,}  {row.chunk}"
+            f"{row.position:>14,}  {row.chunk}{documents}"
         )
         if text is not None:
             print(f"    {text!r}")
@@ -126,14 +134,19 @@ def add_find(subparsers: argparse._SubParsersAction) -> None:
         "find",
         help="list every step, rank and row at which a block of a source is read",
         description="The reverse of `batch`: every step (and rank, micro-batch, row) of RUN at which the block holding "
-        "token POSITION of SOURCE's shard is read, across its epochs and stages, from the run's first step (after "
+        "token POSITION of SOURCE's shard (or any block of its DOCUMENT, for shards written by `sharded-mix prepare`) "
+        "is read, across its epochs and stages, from the run's first step (after "
         "the checkpoint it resumes, if any) to --until-step (default: where train.max_tokens ends the run; for an "
         "out_dir, its last checkpoint). RUN is a LitGPT config YAML or a run's out_dir, as for `batch`.",
     )
     p.add_argument("run", type=Path, help="a LitGPT config YAML, or a run's out_dir")
     p.add_argument("--source", required=True, help="the source id (shard id), e.g. main/1 or c1")
-    p.add_argument(
-        "--position", type=int, required=True, help="a token offset in the shard's token stream (as `batch` prints)"
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--position", type=int, default=None, help="a token offset in the shard's token stream (as `batch` prints)"
+    )
+    which.add_argument(
+        "--document", type=int, default=None, help="a document of the shard, by its ordinal (as `batch` prints it)"
     )
     p.add_argument("--until-step", type=int, default=None, help="the last step to search")
     p.add_argument("--world-size", type=int, default=None, help="ranks of the run (default: from RUN)")
@@ -146,20 +159,27 @@ def _run_find(args: argparse.Namespace) -> int:
 
     from sharded_mix.tools.batch import reads_of
 
-    reads, first, until = reads_of(args.run, args.source, args.position, args.until_step, args.world_size)
+    reads, first, until, tokens = reads_of(
+        args.run, args.source, args.position, args.until_step, args.world_size, args.document
+    )
+    asked = {"position": args.position} if args.document is None else {"document": args.document, "tokens": tokens}
     if args.json:
         listed = [read.as_dict() for read in reads]
-        printed = {"source": args.source, "position": args.position, "steps": [first, until], "reads": listed}
+        printed = {"source": args.source, **asked, "steps": [first, until], "reads": listed}
         print(json.dumps(printed, indent=2))
         return 0
-    print(f"{args.source} token {args.position:,}: read {len(reads)} time(s) in steps {first:,}..{until:,}")
-    header = f"{'step':>10} {'rank':>4} {'micro':>5} {'row':>4} {'sample':>14} {'epoch':>5}  stage"
+    if args.document is None:
+        what = f"token {args.position:,}"
+    else:
+        what = f"document {args.document:,} (tokens {tokens[0]:,}..{tokens[1] - 1:,})"
+    print(f"{args.source} {what}: read {len(reads)} time(s) in steps {first:,}..{until:,}")
+    header = f"{'step':>10} {'rank':>4} {'micro':>5} {'row':>4} {'sample':>14} {'epoch':>5} {'position':>14}  stage"
     print(header)
     print("-" * len(header))
     for read in reads:
         print(
             f"{read.step:>10,} {read.rank:>4} {read.micro_batch:>5} {read.row:>4} {read.sample:>14,} "
-            f"{read.epoch:>5}  {read.stage}"
+            f"{read.epoch:>5} {read.position:>14,}  {read.stage}"
         )
     return 0
 

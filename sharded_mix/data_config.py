@@ -15,6 +15,7 @@ from sharded_mix.mixing.state import DATA_CHANGE_POLICIES
 from sharded_mix.mixing.stop import StopRule
 from sharded_mix.mixing.weights import check_type_names, mix_spec_from_fields, normalisation_note
 from sharded_mix.shards import resolve_shard_types
+from sharded_mix.streaming.checksums import VERIFY_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ def check_read_fields(fields: Any) -> None:
     if excluded is not None and (isinstance(excluded, str) or not all(isinstance(n, str) and n for n in excluded)):
         raise ValueError(
             f"exclude_shards is {excluded!r}; give a list of shard ids, e.g. exclude_shards: [c2, main/3]."
+        )
+    if fields.verify_chunks not in VERIFY_MODES:
+        raise ValueError(
+            f"verify_chunks is {fields.verify_chunks!r}; use one of {', '.join(VERIFY_MODES)} (default first_read)."
         )
     if not isinstance(fields.log_data_metrics, bool):
         raise ValueError(f"log_data_metrics is {fields.log_data_metrics!r}; use true or false.")

@@ -29,14 +29,19 @@ from sharded_mix.mixing.weights import MixSpec, resolve_weights
 from sharded_mix.shards import MAIN_TYPE
 from sharded_mix.streaming.cache import ChunkCache, default_cache_dir
 from sharded_mix.streaming.distributed import check_node_layout, distributed_rank_world, launcher_nodes, log_rank_zero
+from sharded_mix.streaming.identity import check_run_tokenizer
 from sharded_mix.streaming.layout import (
     Mixture,
     check_cache_budget,
+    check_cache_dir,
     check_chunk_files,
+    check_held_out,
     check_one_dtype,
+    check_single_directory_blend,
     data_dirs,
     discover_mixture,
     reused_for_validation,
+    unhashed_note,
 )
 from sharded_mix.streaming.stream import MixtureLoader, ReadOptions, training_loader
 from sharded_mix.streaming.validation import validation_loader
@@ -60,6 +65,9 @@ class _RunState:
     plan: RunPlan | None = None
     metrics: DataMetrics | None = None
     """The ``data/`` metrics of a ``litgpt pretrain`` run (``log_data_metrics``)."""
+    tokenizer: Tokenizer | None = None
+    token_limit: int | None = None
+    """Token ids of shards without a manifest must stay below it (the model's or the tokenizer's vocabulary)."""
 
 
 @dataclass
@@ -115,6 +123,10 @@ class ShardedMixedDataset(DataModule):
     """For URL data paths: the most bytes of chunk files ``cache_dir`` may hold, e.g. ``200GB`` (None: no bound). The
     least recently used chunks outside what the loaders read now or next are deleted; it must hold at least
     sources × (shuffle_window + prefetch_chunks) chunks. Validation copies are not counted."""
+    verify_chunks: str = "first_read"
+    """``first_read``: a chunk whose shard has content hashes (``checksums.json``: written by ``sharded-mix prepare``,
+    added by ``sharded-mix hash``) is hashed once per node where its bytes are first read (while it downloads, or when
+    first mapped) and must match before any of its blocks reaches a batch; ``off``: sizes are checked only."""
     prefetch_chunks: int = 8
     """For URL data paths: chunks each loader process downloads ahead of its reads, past the shuffle window it is in,
     in the order the epoch will read them (0: download each chunk when first read)."""
@@ -207,6 +219,7 @@ class ShardedMixedDataset(DataModule):
         config = self.config
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size (train.micro_batch_size) is {batch_size!r}; use a whole number >= 1.")
+        litgpt_bridge.guard_pretrain_run()  # one writer per out_dir, a complete checkpoint to resume
         context = litgpt_bridge.run_context()
         if context.global_batch_size is not None and self.global_batch_size not in (None, context.global_batch_size):
             raise ValueError(
@@ -223,6 +236,7 @@ class ShardedMixedDataset(DataModule):
             self._state.metrics = DataMetrics()
             litgpt_bridge.attach_data_metrics(self._state.metrics)
         self._state.micro_batch_size = batch_size
+        self._state.tokenizer = tokenizer
         self._state.max_seq_length = max_seq_length if max_seq_length is not None else 2048
         check_run(config.mix, context, self._state.max_seq_length)  # stages and stop, before any I/O
         if context.out_dir is not None and config.mix.stop.active:
@@ -248,7 +262,13 @@ class ShardedMixedDataset(DataModule):
 
     def chunk_cache(self) -> ChunkCache:
         """The node's cache of remote chunk files (unused when every shard is local)."""
-        return ChunkCache(self.cache_dir or default_cache_dir(), self.storage_options, self.config.max_cache_size)
+        return ChunkCache(
+            self.cache_dir or default_cache_dir(),
+            self.storage_options,
+            self.config.max_cache_size,
+            verify=self.verify_chunks == "first_read",
+            token_limit=self._state.token_limit,
+        )
 
     def setup(self, stage: str = "") -> None:
         """Discover shards, resolve the plan, check every chunk file, and log the plan (rank zero)."""
@@ -280,6 +300,12 @@ class ShardedMixedDataset(DataModule):
         detail = f"shuffle_window {self.shuffle_window} + prefetch_chunks {self.prefetch_chunks}"
         check_cache_budget(trained, config.max_cache_size, self.shuffle_window + self.prefetch_chunks, detail)
         check_one_dtype(trained, state.val.sources, train_base)
+        tokenizer_note, state.token_limit = check_run_tokenizer(trained, state.tokenizer, state.context)
+        check_held_out(trained, state.val.sources)
+        check_cache_dir(self.chunk_cache(), trained, state.val.sources, self.cache_dir)
+        for note in (tokenizer_note, unhashed_note(trained, self.verify_chunks)):
+            if note:
+                log_rank_zero("%s", note)
         litgpt_bridge.publish_stage_steps(plan.stage_steps())
         details = (
             f"mode={config.mix.top_spec.mode} from {config.mix.top_spec.origin}, "
@@ -300,22 +326,8 @@ class ShardedMixedDataset(DataModule):
             base, field_name, weigh, config.shard_types, self.exclude_shards or (), self.storage_options, block_size
         )
         if field_name == "data_path" and [shard.id for shard in mixture.shards] == [MAIN_TYPE]:
-            self._check_single_directory_blend(base)
+            check_single_directory_blend(self.config.mix.schedule, base)
         return mixture
-
-    def _check_single_directory_blend(self, base: str) -> None:
-        """A blend naming anything but ``main`` cannot apply to one litdata directory: refuse it, not ignore it."""
-        schedule = self.config.mix.schedule
-        for stage in schedule:
-            named = sorted(name for name, weight in stage.spec.weights.items() if weight > 0 and name != MAIN_TYPE)
-            if named:
-                where = "" if len(schedule) == 1 else f"stage {stage.name!r}: "
-                raise ValueError(
-                    f"{where}data_path {base!r} is one litdata directory (it holds index.json), but "
-                    f"{stage.spec.origin} names {', '.join(named)}: the blend would be ignored. Point data_path at the "
-                    "base directory holding the typed shards (1/, c1/, m1/, ...), or drop the blend to train this "
-                    "directory alone."
-                )
 
     def run_plan(self) -> RunPlan:
         """The resolved plan of this run; call after ``setup``."""

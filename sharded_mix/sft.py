@@ -9,17 +9,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from litgpt.data import DataModule, get_sft_collate_fn
 from litgpt.prompts import PromptStyle
 from litgpt.tokenizer import Tokenizer
 from torch.utils.data import DataLoader
 
+from sharded_mix import litgpt_bridge
 from sharded_mix.config import expand_path
 from sharded_mix.mixing.sft_epochs import SFTEpochs
+from sharded_mix.mixing.weights import check_weight_values
+from sharded_mix.streaming.cache import LEDGER_DIR, default_cache_dir
+from sharded_mix.streaming.checksums import VERIFY_MODES
 from sharded_mix.streaming.discovery import discover_shards
 from sharded_mix.streaming.distributed import log_rank_zero
-from sharded_mix.streaming.sft_examples import EncodedTask, EpochSampler, Examples, MixedExamples, encode_task
+from sharded_mix.streaming.identity import check_run_tokenizer
+from sharded_mix.streaming.sft_examples import (
+    EncodedTask,
+    EpochSampler,
+    Examples,
+    LoaderProgress,
+    MixedExamples,
+    SFTLoader,
+    TaskCollate,
+    encode_task,
+    target_tokens,
+)
 from sharded_mix.streaming.sft_files import ReplayBlocks
+from sharded_mix.streaming.verify import ChunkVerifier
+from sharded_mix.training.data_metrics import DataMetrics, PlanCounts
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +58,12 @@ def prompt_style_named(name: str) -> PromptStyle:
 
 def parse_weights(value: dict | str | None) -> dict[str, float] | None:
     """``{gsm8k: 0.7, lima: 0.3}`` or ``gsm8k:0.7,lima:0.3``."""
-    if value is None or isinstance(value, dict):
-        return None if value is None else {str(name): float(weight) for name, weight in value.items()}
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        weights = {str(name): _number(weight) for name, weight in value.items()}
+        check_weight_values(weights, "weights")  # not a number, negative, NaN or infinite: one error naming the task
+        return weights
     weights = {}
     for item in filter(None, (part.strip() for part in str(value).split(","))):
         name, sep, weight = item.rpartition(":")
@@ -53,7 +75,17 @@ def parse_weights(value: dict | str | None) -> dict[str, float] | None:
             raise ValueError(
                 f"weights {value!r}: {item!r} is not NAME:WEIGHT; write e.g. gsm8k:0.7,lima:0.3."
             ) from None
+    check_weight_values(weights, "weights")
     return weights
+
+
+def _number(weight: object) -> object:
+    """A weight (a number, or text such as ``"0.5"``) as a float; anything else as it is, for ``check_weight_values``
+    to name."""
+    try:
+        return float(weight) if isinstance(weight, (str, int, float)) and not isinstance(weight, bool) else weight
+    except ValueError:
+        return weight
 
 
 @dataclass
@@ -72,7 +104,7 @@ class SFTMixture(DataModule):
     """Validation task files: one file or several by name; LitGPT's validation loss is over all their examples."""
     weights: dict[str, float] | str | None = None
     """The blend of the tasks, ``{gsm8k: 0.7, lima: 0.3}`` or ``gsm8k:0.7,lima:0.3`` (default: their sizes, so an
-    epoch holds every example once). Tasks with weight 0 or left out are not trained on."""
+    epoch holds every example once). When given, every task needs one: weight 0 leaves it out (not trained on)."""
     epoch_size: int | None = None
     """Samples per epoch (default: the tasks' examples, divided by 1 − replay_share)."""
     templates: dict[str, dict[str, str]] | None = None
@@ -99,6 +131,16 @@ class SFTMixture(DataModule):
     """DataLoader worker processes."""
     shuffle: bool = True
     """Reshuffle each source's examples every epoch (False: every epoch in the same order)."""
+    verify_chunks: str = "first_read"
+    """For the replay shards: ``first_read`` checks each chunk with a content hash (``checksums.json``) once per node
+    before it is read, and the token ids of shards without a manifest (see ``ShardedMixedDataset``); ``off``: not."""
+    log_data_metrics: bool = True
+    """Under ``litgpt finetune_full`` / ``_lora`` / ``_adapter`` / ``_adapter_v2``, log the mixture with the run's
+    logger at each ``train.log_interval``: per task (``train_data`` names, and ``replay``) ``data/samples/<task>``
+    (examples trained so far, all ranks) and ``data/tokens/<task>`` (their target tokens: labels after the first that
+    are not ``ignore_index``), ``data/share/<task>`` (share of all samples so far), ``data/target/<task>`` (its blend
+    weight), ``data/epoch/<task>`` (passes over its examples) and ``data/loss/<task>`` (mean training loss per target
+    token since the last log, all ranks)."""
 
     tokenizer: Tokenizer | None = field(default=None, init=False, repr=False)
     batch_size: int = field(default=1, init=False, repr=False)
@@ -108,6 +150,10 @@ class SFTMixture(DataModule):
     val_tasks: dict[str, EncodedTask] = field(default_factory=dict, init=False, repr=False)
     train_dataset: MixedExamples | None = field(default=None, init=False, repr=False)
     test_dataset: Examples | None = field(default=None, init=False, repr=False)
+    targets: dict[str, np.ndarray | int] = field(default_factory=dict, init=False, repr=False)
+    """Per source, each example's target tokens (replay: one number for every block)."""
+    train_progress: LoaderProgress | None = field(default=None, init=False, repr=False)
+    data_metrics: DataMetrics | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -118,12 +164,22 @@ class SFTMixture(DataModule):
                 "{gsm8k: data/gsm8k/val.json}."
             )
         self.val_files = self._files(self.val_data, "val_data")
+        if self.verify_chunks not in VERIFY_MODES:
+            raise ValueError(f"verify_chunks is {self.verify_chunks!r}; use one of {', '.join(VERIFY_MODES)}.")
         self.task_weights = parse_weights(self.weights)
         unknown = sorted(set(self.task_weights or {}) - set(self.train_files))
         if unknown:
             raise ValueError(
                 f"weights name {unknown[0]!r}, which is not in train_data ({', '.join(self.train_files)}); weight the "
                 "train_data names."
+            )
+        unweighted = [
+            name for name in self.train_files if self.task_weights is not None and name not in self.task_weights
+        ]
+        if unweighted:
+            raise ValueError(
+                f"weights {self.weights!r} give no weight to task(s) {', '.join(map(repr, unweighted))} of train_data; "
+                "give each task a weight (0 to leave it out on purpose)."
             )
         if self.task_weights is not None and not any(weight > 0 for weight in self.task_weights.values()):
             raise ValueError(f"weights {self.weights!r} give no task a positive weight; weight at least one task.")
@@ -170,6 +226,11 @@ class SFTMixture(DataModule):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_seq_length = -1 if max_seq_length is None else max_seq_length
+        self.data_metrics = None
+        if self.log_data_metrics:
+            metrics = DataMetrics()
+            if litgpt_bridge.attach_data_metrics(metrics):
+                self.data_metrics = metrics
 
     def _encode(self, name: str, path: str) -> EncodedTask:
         return encode_task(
@@ -217,6 +278,9 @@ class SFTMixture(DataModule):
         )
         first_task = next(iter(self.tasks.values()))
         self.train_dataset = MixedExamples(self.epochs, pools, first_task.records)
+        self.targets = {name: target_tokens(task.examples, self.ignore_index) for name, task in self.tasks.items()}
+        if REPLAY_SOURCE in pools:
+            self.targets[REPLAY_SOURCE] = pools[REPLAY_SOURCE].block_size - 1  # every token but the first
         val_examples = [example for task in self.val_tasks.values() for example in task.examples]
         if not val_examples:
             raise ValueError(
@@ -237,7 +301,13 @@ class SFTMixture(DataModule):
             )
         base = expand_path(self.replay_data_path, "replay_data_path")
         shards = discover_shards(base, field="replay_data_path")
-        blocks = ReplayBlocks(shards, block_size)
+        note, limit = check_run_tokenizer(shards, self.tokenizer, litgpt_bridge.run_context())
+        if note:
+            log_rank_zero("replay_data_path: %s", note)
+        verify = self.verify_chunks == "first_read"
+        blocks = ReplayBlocks(
+            shards, block_size, ChunkVerifier(default_cache_dir() / LEDGER_DIR, limit) if verify else None
+        )
         if len(blocks) < 1:
             raise ValueError(
                 f"replay_data_path {base!r} holds no block of {block_size} tokens; lower replay_block_size."
@@ -249,15 +319,21 @@ class SFTMixture(DataModule):
 
     def train_dataloader(self, start: int = 0) -> DataLoader:
         """The training loader; ``start``: the sample to start at (0; LitGPT's finetune_full replays batches
-        instead)."""
+        instead). ``train_progress`` follows what it hands out (the ``data/`` counts)."""
         if self.train_dataset is None:
             raise RuntimeError("call connect(...) and setup() before asking for data loaders.")
-        return DataLoader(
+        sampler = EpochSampler(len(self.train_dataset), start)
+        self.train_progress = LoaderProgress(self.epochs, sampler, self.targets)
+        if self.data_metrics is not None:
+            names = [*self.train_files, *([REPLAY_SOURCE] if self.replay_share > 0 else [])]
+            self.data_metrics.watch(self.train_progress, names, PlanCounts(self.train_progress, names))
+        return SFTLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            sampler=EpochSampler(len(self.train_dataset), start),
+            sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self._collate(),
+            collate_fn=TaskCollate(self._collate()),
+            progress=self.train_progress,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,29 @@ _TYPED_NAME = re.compile(r"^([A-Za-z_]+)(\d+)$")
 
 
 @dataclass(frozen=True)
+class TokenizerIdentity:
+    """The tokenizer a shard's manifest names."""
+
+    name: str
+    vocab_sha256: str | None
+    vocab_fingerprint: str | None
+    vocab_size: int | None
+
+    @classmethod
+    def from_manifest(cls, manifest: Any) -> TokenizerIdentity | None:
+        record = manifest.get("tokenizer") if isinstance(manifest, Mapping) else None
+        if not isinstance(record, Mapping):
+            return None
+        size = record.get("vocab_size")
+        return cls(
+            str(record.get("name") or record.get("dir") or "?"),
+            record.get("vocab_sha256"),
+            record.get("vocab_fingerprint"),
+            size if isinstance(size, int) else None,
+        )
+
+
+@dataclass(frozen=True)
 class Shard:
     """One litdata token shard: a mixture source, with what reading it needs (O(chunks), from ``index.json``)."""
 
@@ -66,6 +90,15 @@ class Shard:
     fingerprint: str = ""
     """A hash of ``index.json`` and samples of the chunk bytes (``discovery.content_fingerprint``): it changes when the
     shard is rewritten; checkpoints record it."""
+    chunk_hashes: tuple[str, ...] = field(default=(), repr=False)
+    """Each chunk file's xxh3-128 from the shard's ``checksums.json`` (``streaming.checksums``); empty: none."""
+    chunk_etags: tuple[str | None, ...] = field(default=(), repr=False)
+    """Each chunk object's ETag as discovery listed it (remote shards); a download must find the same."""
+    tokenizer: TokenizerIdentity | None = field(default=None, repr=False)
+    """The tokenizer its ``manifest.json`` names (shards written by ``sharded-mix prepare``); None: unknown."""
+    prepare_run: str | None = field(default=None, repr=False)
+    """The id of the ``sharded-mix prepare`` run that wrote it (its manifest's ``prepare_run``; a train shard and its
+    held-out val shard share it); None: unknown."""
 
     @property
     def chunks(self) -> int:

@@ -1,13 +1,17 @@
-"""Helpers for end-to-end runs of the real `litgpt pretrain` command (tiny model, CPU)."""
+"""Helpers for end-to-end runs of the real `litgpt pretrain` and `litgpt finetune_*` commands (tiny model, CPU)."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from conftest import write_token_shard
+
+from sharded_mix.tools.demo import train_tokenizer
 
 LITGPT = str(Path(sys.executable).parent / "litgpt")
 
@@ -63,3 +67,22 @@ def train_losses(out_dir: Path) -> dict[int, float]:
     (metrics,) = out_dir.glob("logs/csv/version_*/metrics.csv")
     rows = list(csv.DictReader(metrics.open()))
     return {int(row["iter"]): float(row["loss"]) for row in rows if row.get("loss")}
+
+
+def write_checkpoint(directory, texts) -> None:
+    """A random pythia-14m with a tiny byte-level BPE tokenizer: what finetune_full starts from, no hub needed."""
+    from litgpt import GPT, Config
+    from litgpt.utils import save_config
+
+    train_tokenizer(texts, 300, directory)
+    config = Config.from_name("pythia-14m")
+    torch.manual_seed(0)
+    torch.save(GPT(config).state_dict(), directory / "lit_model.pth")
+    save_config(config, directory)
+
+
+def task(path, tag: str, count: int):
+    path.write_text(
+        json.dumps([{"instruction": f"{tag} {i} plus {i}?", "output": f"it is {2 * i}"} for i in range(count)])
+    )
+    return str(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_source
+from conftest import write_source, write_token_shard
 from litgpt.tokenizer import Tokenizer
 
 from sharded_mix import SFTMixture
@@ -163,8 +163,9 @@ def test_long_examples_are_cut_or_dropped(tmp_path, tokenizer):
 
 
 def test_replay_blocks_take_their_share_of_every_epoch(tmp_path, tokenizer):
-    write_source(tmp_path / "pre", "1", 1, 2000)
-    data = make(tmp_path, tokenizer, replay_data_path=str(tmp_path / "pre"), replay_share=0.2, max_seq_length=16)
+    write_source(tmp_path / "pre", "1", 1, 2000)  # ids past the tokenizer's: unchecked here, see below
+    fields = {"replay_data_path": str(tmp_path / "pre"), "replay_share": 0.2, "max_seq_length": 16}
+    data = make(tmp_path, tokenizer, verify_chunks="off", **fields)
     assert len(data.train_dataset) == 50 and data.epochs.per_epoch[REPLAY_SOURCE] == 10
     replayed = [data.train_dataset[k] for k in range(50) if data.epochs.example(k)[0] == REPLAY_SOURCE]
     assert len(replayed) == 10 and all(
@@ -172,6 +173,26 @@ def test_replay_blocks_take_their_share_of_every_epoch(tmp_path, tokenizer):
     )
     assert all(int(item["input_ids"][0]) // 10**7 == 1 for item in replayed)
     assert len({tuple(item["input_ids"].tolist()) for item in replayed}) == 10
+    checked = make(tmp_path, tokenizer, **fields)  # no manifest: ids must be below the tokenizer's 300
+    with pytest.raises(ValueError, match=r"holds token id 10,000,000 at token 0, outside the run's vocabulary of 3"):
+        [checked.train_dataset[k] for k in range(50)]
+
+
+def test_replay_chunks_are_verified_before_they_are_read(tmp_path, tokenizer):
+    from sharded_mix.cli import main
+
+    ids = np.arange(2000, dtype=np.int32) % 250
+    write_token_shard(tmp_path / "pre" / "1", [ids[i : i + 100] for i in range(0, 2000, 100)], chunk_bytes=1024)
+    assert main(["hash", str(tmp_path / "pre"), "--no-progress"]) == 0
+    fields = {"replay_data_path": str(tmp_path / "pre"), "replay_share": 0.2, "max_seq_length": 16}
+    replay = [k for k in range(50) if make(tmp_path, tokenizer, **fields).epochs.example(k)[0] == REPLAY_SOURCE]
+    assert all(make(tmp_path, tokenizer, **fields).train_dataset[k]["input_ids"].max() < 250 for k in replay)
+    chunk = sorted((tmp_path / "pre" / "1").glob("chunk-*.bin"))[1]
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[:-8] + bytes(8))  # the last two tokens zeroed, size kept
+    damaged = make(tmp_path, tokenizer, **fields)
+    with pytest.raises(ValueError, match=rf"shard 'main/1' chunk {chunk.name} .* has xxh3_128 [0-9a-f]+, its"):
+        [damaged.train_dataset[k] for k in range(50)]
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,16 @@ class SlicedOrder:
         order, first = self.slice_at(position)
         return order.block(position - first)
 
+    def position_of(self, block: int) -> int:
+        """The position at which the epoch draws ``block``, in whichever node's slice holds it."""
+        for lo, hi in zip(self.bounds, self.bounds[1:]):
+            if lo < hi:
+                order, first = self.slice_at(lo)
+                position = order.position_of(block)
+                if position is not None:
+                    return first + position
+        raise ValueError(f"block {block} is in no slice of the epoch (bounds {self.bounds})")
+
 
 EpochOrder = SequentialOrder | WindowedOrder | SlicedOrder | LegacyOrder
 

@@ -34,6 +34,10 @@ class RunContext:
     resume_stop: Mapping | None = None
     """The stop rule's record in that checkpoint's data state, if any."""
     under_litgpt: bool = False
+    tokenizer_dir: str | None = None
+    """The directory the run's tokenizer was loaded from (pretrain's ``tokenizer_dir``, finetune's checkpoint)."""
+    model_vocab_size: int | None = None
+    """The model's (padded) vocabulary size: token ids must be below it."""
 
 
 @dataclass(frozen=True)

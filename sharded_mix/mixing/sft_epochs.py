@@ -71,6 +71,9 @@ class SFTEpochs:
             self.per_epoch[source] = len(positions)
             self.draws[source] = source_draws(pools[source], len(positions), seed, source)
         self.pools = {source: int(pools[source]) for source in self.sources}
+        total = sum(weights[source] for source in self.sources)
+        self.weights = {source: weights[source] / total for source in self.sources}
+        """The blend, normalised: each source's target share of the samples."""
         self._orders: dict[str, tuple[int, np.ndarray]] = {}
 
     def example(self, sample: int) -> tuple[str, int]:
@@ -91,6 +94,30 @@ class SFTEpochs:
             cached = (epoch, rng.permutation(self.per_epoch[source]))
             self._orders[source] = cached
         return cached[1]
+
+    def counts(
+        self, epoch: int, begin: int, end: int, targets: Mapping[str, np.ndarray | int]
+    ) -> dict[str, tuple[int, int]]:
+        """Per source, its samples among positions ``begin`` .. ``end - 1`` of epoch ``epoch``, and the sum of their
+        examples' ``targets`` (per source: a number per example, indexed by example, or one number for all)."""
+        lower = np.bincount(self.source_index[:begin], minlength=len(self.sources))
+        upper = np.bincount(self.source_index[:end], minlength=len(self.sources))
+        counted = {}
+        for index, source in enumerate(self.sources):
+            first, last = int(lower[index]), int(upper[index])
+            if first == 0 and last == self.per_epoch[source]:
+                examples = self.draws[source]  # the whole epoch: the same examples in any order
+            elif self.shuffle:
+                examples = self.draws[source][self._epoch_order(source, epoch)[first:last]]
+            else:
+                examples = self.draws[source][first:last]
+            per_example = targets[source]
+            if isinstance(per_example, (int, np.integer)):
+                tokens = int(per_example) * len(examples)
+            else:
+                tokens = int(np.asarray(per_example, dtype=np.int64)[examples].sum())
+            counted[source] = (last - first, tokens)
+        return counted
 
     def state(self, samples: int) -> dict:
         """Where the stream stands after ``samples`` samples, keyed by source: each source's samples so far."""

@@ -123,6 +123,17 @@ class NodeShares:
         """The position of the epoch's sliced order that ``node`` reads at global draw ``draws``."""
         return self.at(self.first[node] + self.topology.taken_by(node, draws) - self._skipped[node])
 
+    def draw_of(self, position: int) -> int | None:
+        """The global draw at which a node reads ``position`` of the epoch's sliced order (the inverse of
+        `position`); None for a position read before the split."""
+        interval = next((i for i, (lo, hi) in enumerate(self.split.intervals) if lo <= position < hi), None)
+        if interval is None:
+            return None
+        index = self._starts[interval] + position - self.split.intervals[interval][0]
+        node = bisect.bisect_right(self.first, index) - 1
+        rounds, rest = divmod(index - self.first[node] + self._skipped[node], self.topology.ranks_per_node)
+        return rounds * self.topology.world_size + node * self.topology.ranks_per_node + rest
+
     def at(self, index: int) -> int:
         """Entry ``index`` of the unread sequence."""
         interval = bisect.bisect_right(self._starts, index) - 1

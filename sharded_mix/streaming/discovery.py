@@ -29,7 +29,9 @@ from sharded_mix.shards import (
     resolve_shard_types,
     shard_from_index,
 )
+from sharded_mix.streaming.checksums import CHECKSUMS_FILE, chunk_hashes
 from sharded_mix.streaming.chunk_checks import capped, listed_chunk_problems
+from sharded_mix.streaming.identity import MANIFEST_FILE, parse_manifest
 from sharded_mix.streaming.storage import RemoteDir, is_url, join_url
 
 logger = logging.getLogger(__name__)
@@ -147,7 +149,30 @@ def _try(load, *args) -> Shard | str:
 def _load_local_shard(shard_id: str, type_name: str, path: str) -> Shard:
     index, content = _load_index(path)
     shard = shard_from_index(shard_id, type_name, path, index)
+    hashes = os.path.join(path, CHECKSUMS_FILE)
+    if os.path.isfile(hashes):
+        shard = replace(shard, chunk_hashes=_read_hashes(Path(hashes).read_bytes(), shard, hashes))
+    manifest = os.path.join(path, MANIFEST_FILE)
+    if os.path.isfile(manifest):
+        shard = _with_manifest(shard, Path(manifest).read_bytes())
     return replace(shard, fingerprint=content_fingerprint(path, content, shard.chunk_files))
+
+
+def _with_manifest(shard: Shard, content: bytes) -> Shard:
+    """``shard`` with what its ``manifest.json`` says: the tokenizer, and the id of the prepare run that wrote it."""
+    try:
+        run = json.loads(content).get("prepare_run")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        run = None
+    return replace(shard, tokenizer=parse_manifest(content), prepare_run=run if isinstance(run, str) else None)
+
+
+def _read_hashes(content: bytes, shard: Shard, where: str) -> tuple[str, ...]:
+    try:
+        listing = json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{where} is not JSON ({err}); rerun `sharded-mix hash` on the shard.") from err
+    return chunk_hashes(listing, shard.chunk_files, where)
 
 
 def _load_remote_shard(shard_id: str, type_name: str, url: str, storage_options: Mapping | None) -> Shard:
@@ -161,10 +186,16 @@ def _load_remote_shard(shard_id: str, type_name: str, url: str, storage_options:
     problems = listed_chunk_problems(shard, {name: info.size for name, info in objects.items()})
     if problems:
         raise ValueError("; ".join(capped(problems, 5)))
+    if MANIFEST_FILE in objects:
+        shard = _with_manifest(shard, directory.read_bytes(MANIFEST_FILE))
+    if CHECKSUMS_FILE in objects:
+        where = directory.url_of(CHECKSUMS_FILE)
+        shard = replace(shard, chunk_hashes=_read_hashes(directory.read_bytes(CHECKSUMS_FILE), shard, where))
     digest = hashlib.sha256(content)
     for chunk in _fingerprint_chunks(shard.chunks):
         digest.update((objects[shard.chunk_files[chunk]].etag or "").encode())
-    return replace(shard, fingerprint=digest.hexdigest()[:16])
+    etags = tuple(objects[name].etag for name in shard.chunk_files)
+    return replace(shard, fingerprint=digest.hexdigest()[:16], chunk_etags=etags)
 
 
 def _fingerprint_chunks(chunks: int) -> list[int]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from sharded_mix.mixing.run_plan import check_blocks
 from sharded_mix.shards import MAIN_TYPE, Shard
+from sharded_mix.streaming.cache import CACHE_DIR_VARIABLE, ChunkCache
 from sharded_mix.streaming.chunk_checks import capped, chunk_file_problems
 from sharded_mix.streaming.discovery import discover_shards
 from sharded_mix.streaming.distributed import from_rank_zero
@@ -139,3 +141,78 @@ def check_one_dtype(trained: Sequence[Shard], validation: Sequence[Shard], base:
             f"data_path {base!r}: the shards in the blend have different token dtypes ({listing}); "
             "re-prepare them with one tokenizer (same vocabulary size) so they share a dtype."
         )
+
+
+def held_out_mismatch(val_path: str, val_run: object, train_path: str, train_run: object) -> str | None:
+    """Why the validation shard at ``val_path`` is not the held-out part of the training shard at ``train_path``: the
+    ``prepare`` runs that wrote them differ (None: they match, or either manifest does not say)."""
+    if not val_run or not train_run or val_run == train_run or _location(val_path) == _location(train_path):
+        return None
+    return (
+        f"validation shard {val_path!r} was written by prepare run {val_run}, but its training shard {train_path!r} by "
+        f"prepare run {train_run}: the validation documents may be in the training shard. Re-run `sharded-mix prepare` "
+        "for that shard with --val-docs or --val-fraction (it writes both), or point val_data_path elsewhere."
+    )
+
+
+def check_held_out(trained: Sequence[Shard], validation: Sequence[Shard]) -> None:
+    """Each validation shard with the id of a trained shard was written by the same ``prepare`` run (when both
+    manifests name it): a held-out shard left from an earlier prepare is refused."""
+    by_id = {shard.id: shard for shard in trained}
+    for val in validation:
+        train = by_id.get(val.id)
+        problem = train and held_out_mismatch(val.path, val.prepare_run, train.path, train.prepare_run)
+        if problem:
+            raise ValueError(f"val_data_path: {problem}")
+
+
+def check_cache_dir(
+    cache: ChunkCache, trained: Sequence[Shard], validation: Sequence[Shard], configured: str | None
+) -> None:
+    """``cache_dir`` exists (or can be made) and is writable, when the run needs it: remote shards are downloaded
+    there, and the verification of trained chunks keeps its ledger there."""
+    remote = any(is_url(shard.path) for shard in [*trained, *validation])
+    if not remote and not any(cache.verifies(shard) for shard in trained):
+        return
+    directory, problem = cache.cache_dir, None
+    if directory.exists() and not directory.is_dir():
+        problem = "it is a file, not a directory"
+    else:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=directory).close()
+        except OSError as err:
+            problem = f"{err.strerror or err} ({err.filename or directory})"
+    if problem:
+        value = repr(configured) if configured else f"(default {str(directory)!r})"
+        use = "remote chunks are downloaded there" if remote else "verify_chunks: first_read keeps its ledger there"
+        raise ValueError(
+            f"cache_dir {value} cannot be used: {problem}; {use}. Set cache_dir (or ${CACHE_DIR_VARIABLE}) to a "
+            "writable directory on local disk" + ("." if remote else ", or set verify_chunks: off.")
+        )
+
+
+def unhashed_note(shards: Sequence[Shard], verify_chunks: str) -> str | None:
+    """The INFO line for training shards without content hashes when verification is on (None: nothing to say)."""
+    unhashed = [shard.id for shard in shards if not shard.chunk_hashes]
+    if verify_chunks == "off" or not unhashed:
+        return None
+    return (
+        f"verify_chunks: {len(unhashed)} of {len(shards)} training shard(s) have no content hashes "
+        f"({', '.join(capped(unhashed, 8))}): their chunks are checked by size only; `sharded-mix hash <base dir>` "
+        "adds hashes, verified once per node from then on"
+    )
+
+
+def check_single_directory_blend(schedule: Sequence, base: str) -> None:
+    """A blend naming anything but ``main`` cannot apply to one litdata directory: refuse it, not ignore it."""
+    for stage in schedule:
+        named = sorted(name for name, weight in stage.spec.weights.items() if weight > 0 and name != MAIN_TYPE)
+        if named:
+            where = "" if len(schedule) == 1 else f"stage {stage.name!r}: "
+            raise ValueError(
+                f"{where}data_path {base!r} is one litdata directory (it holds index.json), but "
+                f"{stage.spec.origin} names {', '.join(named)}: the blend would be ignored. Point data_path at the "
+                "base directory holding the typed shards (1/, c1/, m1/, ...), or drop the blend to train this "
+                "directory alone."
+            )

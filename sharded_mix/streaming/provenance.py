@@ -41,14 +41,20 @@ class StepRow:
     """Token offset of the row's first token in the shard's concatenated token stream."""
     epoch: int
     """The source's epoch the block belongs to."""
+    length: int
+    """The row's tokens (the stage's block size): it holds tokens ``position .. position + length - 1``."""
     tokens: tuple[int, ...] | None = None
+    documents: tuple[dict, ...] | None = None
+    """The input documents the row holds (``tools.documents``: ordinal in the shard, input, line or row), for
+    shards with prepare's document files."""
 
     def as_dict(self) -> dict:
         row = asdict(self)
-        if self.tokens is None:
-            del row["tokens"]
-        else:
-            row["tokens"] = list(self.tokens)
+        for name in ("tokens", "documents"):
+            if getattr(self, name) is None:
+                del row[name]
+            else:
+                row[name] = list(getattr(self, name))
         return row
 
 
@@ -124,6 +130,7 @@ def step_rows(
                         chunk=reader.shard.chunk_files[chunk],
                         position=position,
                         epoch=epoch,
+                        length=reader.block_size,
                         tokens=tokens,
                     )
                 )
@@ -139,7 +146,7 @@ def _on_rank(stream: MixtureStream, rank: int) -> MixtureStream:
 
 @dataclass(frozen=True)
 class BlockRead:
-    """One read of a block: the step, the rank and the row that trained on it."""
+    """One read of a block: the step, the rank and the row that trained on it, and the block's first token."""
 
     step: int
     rank: int
@@ -148,69 +155,98 @@ class BlockRead:
     sample: int
     epoch: int
     stage: str
+    position: int
+    """The block's first token in the shard's token stream."""
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def block_of(chunk_tokens: Sequence[int], starts: Sequence[int], block_size: int, position: int) -> int | None:
-    """The block (of ``block_size`` tokens, none across chunks) holding token ``position`` of a shard's stream
-    (``starts``: its ``token_starts``); None for a token in a chunk's tail that no block covers."""
-    if not 0 <= position < starts[-1]:
-        raise ValueError(
-            f"--position {position:,} is past the shard's {starts[-1]:,} tokens; give 0..{starts[-1] - 1:,}."
-        )
-    chunk = bisect.bisect_right(starts, position) - 1
-    offset = (position - starts[chunk]) // block_size
-    if offset >= chunk_tokens[chunk] // block_size:
-        return None
-    return sum(tokens // block_size for tokens in chunk_tokens[:chunk]) + offset
+def blocks_in(chunk_tokens: Sequence[int], starts: Sequence[int], block_size: int, first: int, stop: int) -> dict:
+    """``{block: its first token}`` of the blocks (of ``block_size`` tokens, none across chunks) holding any token of
+    ``[first, stop)`` of a shard's stream (``starts``: its ``token_starts``); tokens in a chunk's tail that no block
+    covers have none."""
+    if not 0 <= first < starts[-1]:
+        raise ValueError(f"--position {first:,} is past the shard's {starts[-1]:,} tokens; give 0..{starts[-1] - 1:,}.")
+    blocks: dict[int, int] = {}
+    chunk = bisect.bisect_right(starts, first) - 1
+    base = sum(tokens // block_size for tokens in chunk_tokens[:chunk])
+    while chunk < len(chunk_tokens) and starts[chunk] < stop:
+        begin, end = max(first, starts[chunk]) - starts[chunk], min(stop, starts[chunk + 1]) - starts[chunk]
+        for offset in range(begin // block_size, min((end - 1) // block_size + 1, chunk_tokens[chunk] // block_size)):
+            blocks[base + offset] = starts[chunk] + offset * block_size
+        base += chunk_tokens[chunk] // block_size
+        chunk += 1
+    return blocks
 
 
-def block_reads(
-    stream: MixtureStream, cursor: Cursor, source: str, position: int, rounds_per_step: int, until_step: int
-) -> list[BlockRead]:
-    """Every step up to ``until_step`` at which the block holding token ``position`` of ``source`` is read, with the
-    rank and row: across epochs (each epoch's order inverted once), stages (block sizes and orders as each stage
-    reads them) and the cursor's own start (a checkpoint's position). One blend draw per round, as ``step_rows``."""
-    if stream.topology.nodes > 1:
-        raise ValueError(
-            f"find answers runs on one node; this one spans {stream.topology.nodes} nodes, whose epochs are sliced "
-            "among them. Use `sharded-mix batch` for a step of it."
-        )
+def source_shard(stream: MixtureStream, source: str):
+    """The shard of ``source``; a ``ValueError`` naming the run's sources when it reads no such source."""
     if source not in stream.shards:
         raise ValueError(
             f"--source {source!r} is not read by the run; its sources are {', '.join(sorted(stream.shards))}."
         )
-    shard = stream.shards[source]
+    return stream.shards[source]
+
+
+def _draws_of(reader: SourceReader, epoch: int, blocks) -> tuple[list[int], list[int]]:
+    """The global draws at which ``blocks`` are read in ``epoch`` (sorted), and the block of each: each block's
+    position in the epoch's order, and on several nodes the draw at which the node whose slice holds it reads it."""
+    order, shares = reader._epoch_order(epoch)
+    drawn = []
+    for block in blocks:
+        position = order.position_of(block)
+        draw = epoch * reader.blocks + position if shares is None else shares.draw_of(position)
+        if draw is not None:
+            drawn.append((draw, block))
+    drawn.sort()
+    return [draw for draw, _ in drawn], [block for _, block in drawn]
+
+
+def block_reads(
+    stream: MixtureStream,
+    cursor: Cursor,
+    source: str,
+    tokens: tuple[int, int],
+    rounds_per_step: int,
+    until_step: int,
+) -> list[BlockRead]:
+    """Every read, up to step ``until_step``, of the blocks of ``source`` holding any of its tokens
+    ``[first, stop)`` (one token, or a document), with the step, rank and row: across epochs (each epoch's order
+    inverted once per block; on several nodes, in the slice of the node that reads it), stages (block sizes and
+    orders as each stage reads them) and the cursor's own start (a checkpoint's position). One blend draw per round,
+    as ``step_rows``."""
+    shard = source_shard(stream, source)
     starts = token_starts(shard.chunk_tokens)
-    block_of(shard.chunk_tokens, starts, 1, position)  # a position past the shard is an error in any stage
+    first, stop = tokens
+    blocks_in(shard.chunk_tokens, starts, 1, first, first + 1)  # a position past the shard is an error in any stage
     world, batch = stream.world_size, stream.batch_size
     end = until_step * rounds_per_step
     maps = ChunkMaps(stream.dtype, stream._max_open_maps(), stream.cache)
-    stage_index, reader, block, draws_at, index_of_source = None, None, None, {}, -1
+    stage_index, reader, blocks, index_of_source = None, None, {}, -1
+    epoch_draws: dict[int, tuple[list[int], list[int]]] = {}  # epoch -> its draws of the blocks, sorted; the blocks
     reads: list[BlockRead] = []
     while cursor.samples < end:
         if cursor.due():
             cursor.switch()
         if cursor.index != stage_index:
-            stage_index, reader, block, draws_at = cursor.index, None, None, {}
+            stage_index, reader, blocks, epoch_draws = cursor.index, None, {}, {}
             if source in cursor.ids:
                 index_of_source = cursor.ids.index(source)
                 reader = stream._readers(cursor, maps)[index_of_source]
-                block = block_of(shard.chunk_tokens, starts, reader.block_size, position)
+                blocks = blocks_in(shard.chunk_tokens, starts, reader.block_size, first, stop)
         for _ in range(batch):
             round_ = cursor.samples
             index = cursor.next_source()
-            if block is None or index != index_of_source:
+            if not blocks or index != index_of_source:
                 continue
             after = cursor.draws(index)
             for epoch in range((after - world) // reader.blocks, (after - 1) // reader.blocks + 1):
-                if epoch not in draws_at:
-                    draws_at = {epoch: epoch * reader.blocks + reader._epoch_order(epoch)[0].position_of(block)}
-                draw = draws_at[epoch]
-                if after - world <= draw < after:
-                    rank = draw % world
+                if epoch not in epoch_draws:
+                    epoch_draws = {epoch: _draws_of(reader, epoch, blocks)}
+                draws, which = epoch_draws[epoch]
+                for at in range(bisect.bisect_left(draws, after - world), bisect.bisect_left(draws, after)):
+                    rank = draws[at] % world
                     offset = round_ % rounds_per_step
                     reads.append(
                         BlockRead(
@@ -221,6 +257,7 @@ def block_reads(
                             sample=round_ * world + rank,
                             epoch=epoch,
                             stage=cursor.stage.name,
+                            position=blocks[which[at]],
                         )
                     )
-    return reads
+    return sorted(reads, key=lambda read: (read.step, read.rank, read.micro_batch, read.row))

@@ -39,7 +39,7 @@ EVICTED_RETRIES = 2
 
 def map_chunk(shard: Shard, chunk: int, dtype: np.dtype, cache: ChunkCache | None = None) -> np.memmap:
     """A read-only map of the tokens of a plain token shard's chunk ``chunk``; a remote shard's chunk is
-    downloaded into ``cache`` first (once per node).
+    downloaded into ``cache`` first (once per node), and the cache verifies a chunk with a content hash first.
 
     The file is checked against its ``index.json`` entry first (``chunk_checks``), so a chunk missing,
     unreadable, truncated or rewritten since set-up is an error naming it, never garbage tokens or a hang.
@@ -57,9 +57,8 @@ def map_chunk(shard: Shard, chunk: int, dtype: np.dtype, cache: ChunkCache | Non
     problem = chunk_file_problem(shard, chunk)
     if problem:
         raise ValueError(f"shard {shard.id!r}: {problem}")
-    return np.memmap(
-        os.path.join(shard.path, shard.chunk_files[chunk]), dtype=dtype, mode="r", offset=header, shape=shape
-    )
+    path = cache.chunk_file(shard, chunk) if cache is not None else os.path.join(shard.path, shard.chunk_files[chunk])
+    return np.memmap(path, dtype=dtype, mode="r", offset=header, shape=shape)
 
 
 class ChunkMaps:

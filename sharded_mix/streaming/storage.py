@@ -14,10 +14,12 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+
+from sharded_mix.streaming.credentials import check_s3_credentials
 
 REMOTE_SCHEMES = frozenset({"s3", "s3a", "gs", "az", "abfs", "abfss", "adl", "azure", "http", "https"})
 
@@ -187,12 +189,22 @@ def _credentials_hint(url: str) -> str:
     return f"storage_options or the {prefix}_* variables" if prefix else "storage_options"
 
 
+_HTTP_ENDPOINT = re.compile(r"(http://[^/\s]+)")
+
+
 def storage_error(err: BaseException, url: str, action: str) -> ValueError:
     """One short ``ValueError`` for obstore's error ``err`` while trying to ``action`` (read, list, ...) ``url``."""
     from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
     reason, code = _short_reason(err)
     status = _STATUS.search(str(err))
+    if "BadScheme" in str(err) or "builder error" in reason:
+        endpoint = _HTTP_ENDPOINT.search(str(err))
+        return ValueError(
+            f"cannot {action} {url!r}: the endpoint{' ' + endpoint.group(1) if endpoint else ''} is plain "
+            "http://, which is refused unless allowed; add allow_http: true to storage_options (or set "
+            "AWS_ALLOW_HTTP=true), or use an https:// endpoint."
+        )
     if isinstance(err, FileNotFoundError) or (status and status.group(1) == "404"):
         if action == "list":
             return ValueError(f"cannot list {url!r}: {reason}; check the bucket and path.")
@@ -244,6 +256,7 @@ class RemoteDir:
             from obstore.store import from_url
 
             config, client, retry = split_storage_options(self.storage_options, self.url)
+            check_s3_credentials(self.url, config)
             try:
                 self._store = from_url(self.url, config=config or None, client_options=client, retry_config=retry)
             except UnknownConfigurationKeyError as err:
@@ -291,6 +304,18 @@ class RemoteDir:
         with _translated_errors(url, "read"):
             return bytes(obstore.get(store, self._path(relative)).bytes())
 
+    def read_range(self, relative: str, start: int, length: int) -> bytes:
+        """Bytes ``[start, start + length)`` of one object (fewer past its end; none at or past it)."""
+        import obstore
+
+        url = self.url_of(relative)
+        size = self.info(relative).size
+        if start >= size or length <= 0:
+            return b""
+        store = self._store_for_io(url)
+        with _translated_errors(url, "read"):
+            return bytes(obstore.get_range(store, self._path(relative), start=start, length=min(length, size - start)))
+
     def info(self, relative: str) -> ObjectInfo:
         """Size and ETag of one object (a HEAD request)."""
         import obstore
@@ -301,9 +326,16 @@ class RemoteDir:
             meta = obstore.head(store, self._path(relative))
         return ObjectInfo(meta["size"], meta["e_tag"])
 
-    def download(self, relative: str, destination: str | Path) -> int:
+    def download(
+        self,
+        relative: str,
+        destination: str | Path,
+        hasher=None,
+        check: Callable[[str | None, str], None] | None = None,
+    ) -> int:
         """Stream one object into ``destination`` atomically (a temporary file beside it, then ``os.replace``);
-        bytes written."""
+        bytes written. With ``hasher`` (``update``/``hexdigest``) the bytes are hashed as they arrive, and
+        ``check(etag, hexdigest)`` runs before the rename: what it raises leaves no file behind."""
         import obstore
 
         url = self.url_of(relative)
@@ -315,13 +347,18 @@ class RemoteDir:
         try:
             with open(temporary, "xb") as file:
                 with _translated_errors(url, "download"):
-                    pieces = iter(obstore.get(store, self._path(relative)).stream(min_chunk_size=_STREAM_PIECE_BYTES))
+                    result = obstore.get(store, self._path(relative))
+                    pieces = iter(result.stream(min_chunk_size=_STREAM_PIECE_BYTES))
                 while True:
                     with _translated_errors(url, "download"):
                         piece = next(pieces, None)
                     if piece is None:
                         break
                     written += file.write(piece)
+                    if hasher is not None:
+                        hasher.update(piece)
+            if check is not None:
+                check(result.meta.get("e_tag"), hasher.hexdigest() if hasher is not None else "")
             os.replace(temporary, destination)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -96,6 +96,7 @@ class StreamAt:
     rounds_per_step: int
     last_step: int | None
     config: dict
+    storage_options: dict | None = None
 
 
 def stream_at(source: StepSource, world_size: int | None = None) -> StreamAt:
@@ -144,14 +145,16 @@ def stream_at(source: StepSource, world_size: int | None = None) -> StreamAt:
         raise ValueError(f"global batch size {plan.global_batch_size} is not a multiple of {world} ranks.")
     step_tokens = plan.global_batch_size * sizes.max_seq_length
     last = None if sizes.max_tokens is None else sizes.max_tokens // step_tokens
-    return StreamAt(stream, loader.cursor, world, plan.global_batch_size // world, last, config)
+    return StreamAt(stream, loader.cursor, world, plan.global_batch_size // world, last, config, data.storage_options)
 
 
 def step_rows_of(
     run: Path, step: int, ranks: Sequence[int] | None = None, world_size: int | None = None, read_tokens: bool = False
 ):
-    """``(rows, world size, tokenizer_dir)`` of ``step`` of ``run`` (``streaming.provenance.step_rows``)."""
+    """``(rows, world size, tokenizer_dir)`` of ``step`` of ``run`` (``streaming.provenance.step_rows``), each row
+    with the input documents it holds when its shard has prepare's document files."""
     from sharded_mix.streaming.provenance import step_rows
+    from sharded_mix.tools.documents import ShardDocuments
 
     at = stream_at(source_of_step(run, step), world_size)
     bad = [rank for rank in ranks or () if not 0 <= rank < at.world_size]
@@ -160,14 +163,36 @@ def step_rows_of(
     rows = step_rows(
         at.stream, at.cursor, step, at.rounds_per_step, ranks or range(at.world_size), read_tokens=read_tokens
     )
+    opened: dict[str, ShardDocuments | None] = {}
+    for position, row in enumerate(rows):
+        if row.shard not in opened:
+            opened[row.shard] = ShardDocuments.open(row.shard, at.storage_options)
+        if opened[row.shard] is not None:
+            documents = tuple(opened[row.shard].in_range(row.position, row.position + row.length))
+            rows[position] = replace(row, documents=documents)
     return rows, at.world_size, at.config.get("tokenizer_dir")
 
 
-def reads_of(run: Path, source: str, position: int, until_step: int | None = None, world_size: int | None = None):
-    """``(reads, first step, last step)``: every read of the block holding token ``position`` of ``source`` in
-    ``run`` from its first step (its resume checkpoint's, for a run that resumed one) to ``until_step`` (default:
-    the step ``train.max_tokens`` ends it at; for an ``out_dir``, its last checkpoint)."""
-    from sharded_mix.streaming.provenance import block_reads
+def reads_of(
+    run: Path,
+    source: str,
+    position: int | None = None,
+    until_step: int | None = None,
+    world_size: int | None = None,
+    document: int | None = None,
+):
+    """``(reads, first step, last step, tokens)``: every read of the block holding token ``position`` of
+    ``source`` (or of the blocks holding ``document``, by prepare's document files) in ``run`` from its first step
+    (its resume checkpoint's, for a run that resumed one) to ``until_step`` (default: the step
+    ``train.max_tokens`` ends it at; for an ``out_dir``, its last checkpoint); ``tokens``: the ``[first, stop)``
+    asked about."""
+    from sharded_mix.streaming.provenance import block_reads, source_shard
+    from sharded_mix.tools.documents import ShardDocuments
+
+    if (position is None) == (document is None):
+        raise ValueError("give one of --position (a token of the shard) and --document (a document of the shard).")
+    if position is not None and position < 0:
+        raise ValueError(f"--position is {position}; give a token offset >= 0.")
 
     if run.is_file():
         start, last_checkpoint = _from_config(run, None), None
@@ -183,4 +208,16 @@ def reads_of(run: Path, source: str, position: int, until_step: int | None = Non
     if until < 1:
         raise ValueError(f"--until-step is {until}; give a step >= 1.")
     first_step = at.cursor.samples // at.rounds_per_step + 1
-    return block_reads(at.stream, at.cursor, source, position, at.rounds_per_step, until), first_step, until
+    if document is None:
+        tokens = (position, position + 1)
+    else:
+        shard = source_shard(at.stream, source)
+        documents = ShardDocuments.open(shard.path, at.storage_options)
+        if documents is None:
+            raise ValueError(
+                f"--document: {source}'s shard {shard.path} has no document files (`sharded-mix prepare` writes them); "
+                "give --position, a token offset as `batch` prints it."
+            )
+        tokens = documents.span(document)
+    reads = block_reads(at.stream, at.cursor, source, tokens, at.rounds_per_step, until)
+    return reads, first_step, until, tokens

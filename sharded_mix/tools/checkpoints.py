@@ -4,7 +4,6 @@ them."""
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from sharded_mix.config import checkpoint_step
 from sharded_mix.mixing.cursor import entry_position, saved_ordering
 from sharded_mix.mixing.state import validate_state
 from sharded_mix.mixing.transition import pin_note
+from sharded_mix.streaming.checkpoint_files import checkpoint_file_problem  # shared with the training path
 
 CHECKPOINT_FILE = "lit_model.pth"
 
@@ -29,41 +29,6 @@ def checkpoint_steps(out_dir: str | Path) -> dict[int, Path]:
     if not out_dir.is_dir():
         raise ValueError(f"{str(out_dir)!r} is not a directory; give the out_dir of a litgpt pretrain run.")
     return {step: entry for step, entry in _step_entries(out_dir).items() if (entry / CHECKPOINT_FILE).is_file()}
-
-
-_ZIP_LOCAL_HEADER = 30
-
-
-def checkpoint_file_problem(path: str | Path) -> str | None:
-    """Why ``path`` is not a complete zip-format ``torch.save`` file, or None when it is.
-
-    Reads the zip central directory only, so it is cheap for checkpoints of any size: a save that was cut
-    short has no central directory (``torch.save`` writes it last). No CRC pass; the data is not read.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return "empty (0 bytes)"
-        with open(path, "rb") as file:
-            magic = file.read(4)
-        if not b"PK\x03\x04".startswith(magic):
-            return "not a zip-format torch checkpoint (a legacy torch.save file, or not a checkpoint at all)"
-        with zipfile.ZipFile(path) as archive:
-            entries = archive.infolist()
-    except FileNotFoundError:
-        return "missing"
-    except (zipfile.BadZipFile, EOFError, ValueError):
-        return "truncated (not a complete zip file)"
-    except OSError as err:
-        return f"unreadable ({err.strerror or err})"
-    if not any(entry.filename.count("/") == 1 and entry.filename.endswith("/data.pkl") for entry in entries):
-        return "a zip file without a */data.pkl entry, so not a torch checkpoint"
-    for entry in entries:
-        end = entry.header_offset + _ZIP_LOCAL_HEADER + len(entry.orig_filename.encode()) + entry.compress_size
-        if end > size:
-            return f"truncated ({entry.filename} ends at byte {end:,}, past the end of the {size:,}-byte file)"
-    return None
 
 
 def newest_loadable_checkpoint(out_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
@@ -185,6 +150,29 @@ def read_data_position(path: str | Path) -> dict:
     }
 
 
+def _iteration_notes(position: dict) -> list[str]:
+    """What LitGPT's ``iter_num`` says of the samples: a ``final/`` checkpoint of a run that ended on
+    ``train.max_tokens`` holds one micro-batch fetched after the last step and never trained on (a ``step-*`` one is
+    saved right after its step: it holds none); an ``iter_num`` in micro-batches of another size or rank count (a
+    resume that changed them, before sharded_mix carried ``iter_num`` over) says nothing of the samples."""
+    state, iter_num, batch = position["data"], position["iter_num"], position["data"].get("batch_size")
+    if not isinstance(iter_num, int) or not batch:
+        return []
+    extra = state["samples"] - iter_num * batch
+    if extra == 0:
+        return []
+    if extra == batch and checkpoint_step(Path(position["checkpoint"]).parent.name) is None:
+        return [
+            f"note: {extra:,} of these samples per rank were fetched but not trained on (a LitGPT final/ checkpoint "
+            "holds the batch fetched after the last step); resuming from here skips them"
+        ]
+    return [
+        f"note: iter_num {iter_num:,} is not these samples in micro-batches of {batch} ({iter_num * batch:,} samples "
+        "per rank): the run was resumed with another micro_batch_size or rank count, and LitGPT kept counting "
+        "iter_num in the old micro-batches; the samples are the data position"
+    ]
+
+
 def format_data_position(position: dict) -> str:
     """A table per source: weight, epoch, position in the epoch, and the samples and trained tokens it gave the run
     over all ranks (the ``data/samples`` and ``data/tokens`` metrics)."""
@@ -194,12 +182,7 @@ def format_data_position(position: dict) -> str:
         f"{state['samples']:,} samples per rank on {state['world_size']} rank(s) on {state['nodes']} node(s), "
         f"blocks of {state['block_size']} tokens, {saved_ordering(state).describe()}",
     ]
-    trained = (position["iter_num"] or 0) * state.get("batch_size", 0)
-    if 0 < trained < state["samples"]:
-        lines.append(
-            f"note: {state['samples'] - trained:,} of these samples per rank were fetched but not trained on (a LitGPT "
-            "final/ checkpoint holds the batch fetched after the last step); resuming from here skips them"
-        )
+    lines += _iteration_notes(position)
     header = f"{'source':<14} {'weight':>8} {'epoch':>6} {'position / blocks':>20} {'samples':>14} {'tokens':>16}  note"
     lines += [header, "-" * len(header)]
     entries = [

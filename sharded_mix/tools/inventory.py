@@ -13,8 +13,9 @@ from pathlib import Path
 from sharded_mix.shards import Shard, index_token_dtype, resolve_shard_types, shard_from_index
 from sharded_mix.streaming.chunk_checks import capped, chunk_file_problem
 from sharded_mix.streaming.discovery import SHARD_FIXES, read_index, scan_base
+from sharded_mix.streaming.layout import held_out_mismatch
 from sharded_mix.tools.manifest import describe_manifest, read_manifest
-from sharded_mix.tools.verify import NOT_VERIFIED, verify_chunk, verify_notes
+from sharded_mix.tools.verify import NOT_VERIFIED, documents_problems, verify_chunk, verify_notes
 
 CHUNK_PROBLEMS_SHOWN = 10
 
@@ -87,6 +88,7 @@ def chunk_problems(shard: Shard, verify: bool = False, vocab_size: int | None = 
     """Problems of ``shard``'s chunk files (one ``stat`` each), with ``verify`` their headers and sampled tokens too."""
     if verify and shard.plain_tokens:
         problems = [problem for chunk in range(shard.chunks) for problem in verify_chunk(shard, chunk, vocab_size)]
+        problems += documents_problems(shard)
     else:
         problems = [problem for chunk in range(shard.chunks) if (problem := chunk_file_problem(shard, chunk))]
     return capped(problems, CHUNK_PROBLEMS_SHOWN)
@@ -165,8 +167,26 @@ def inspect_data_path(
     data_path = str(data_path)
     splits = [name for name in ("train", "val") if os.path.isdir(os.path.join(data_path, name))]
     if "train" in splits:
-        return [inspect_base(os.path.join(data_path, name), shard_types, name, verify, vocab_size) for name in splits]
-    return [inspect_base(data_path, shard_types, verify=verify, vocab_size=vocab_size)]
+        found = [inspect_base(os.path.join(data_path, name), shard_types, name, verify, vocab_size) for name in splits]
+    else:
+        found = [inspect_base(data_path, shard_types, verify=verify, vocab_size=vocab_size)]
+    val_base = os.path.join(data_path, "val")
+    found[-1].problems.extend(held_out_problems(found[0], val_base) if os.path.isdir(val_base) else [])
+    return found
+
+
+def held_out_problems(train: Inventory, val_base: str) -> list[str]:
+    """Val shards under ``val_base`` (at the train shards' places) not written by the prepare run of their train
+    shard, as their manifests say: held-out shards left from an earlier prepare."""
+    problems = []
+    for report in train.shards:
+        val_path = os.path.join(val_base, os.path.relpath(report.path, train.base))
+        val_manifest = read_manifest(val_path) or {}
+        train_run = (report.manifest or {}).get("prepare_run")
+        problem = held_out_mismatch(val_path, val_manifest.get("prepare_run"), report.path, train_run)
+        if problem:
+            problems.append(problem)
+    return problems
 
 
 def _human_bytes(count: int) -> str:

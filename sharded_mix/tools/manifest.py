@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-MANIFEST_FILE = "manifest.json"
+from sharded_mix.streaming.identity import MANIFEST_FILE
+
 MANIFEST_FORMAT = 1
 HASH_BLOCK = 1 << 20
 

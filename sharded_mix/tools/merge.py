@@ -1,11 +1,17 @@
-"""Merge several litdata token directories into one shard (litdata's ``merge_datasets``), after checking they fit."""
+"""Merge several litdata token directories into one shard (litdata's ``merge_datasets``), after checking they fit;
+prepare's document files are joined too when every input has them, and the merged chunks hashed."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from sharded_mix.shards import shard_from_index
 from sharded_mix.streaming.discovery import read_index
+from sharded_mix.tools.documents import merge_documents
+from sharded_mix.tools.hash_shards import hash_shard
+
+logger = logging.getLogger(__name__)
 
 
 def merge_shards(inputs: list[str | Path], output: str | Path, max_workers: int = 2) -> dict:
@@ -38,10 +44,15 @@ def merge_shards(inputs: list[str | Path], output: str | Path, max_workers: int 
         )
     merge_datasets([str(Path(path).resolve()) for path in inputs], str(output.resolve()), max_workers=max_workers)
     merged = shard_from_index(output.name, "", output, read_index(output))
+    hash_shard(output, workers=max_workers)
+    with_documents = merge_documents([Path(path) for path in inputs], output)
+    if not with_documents:
+        logger.info("not every input has prepare's document files: %s has none (batch shows no origins)", output)
     return {
         "output": str(output),
         "inputs": len(shards),
         "tokens": merged.tokens,
         "documents": merged.documents,
         "chunks": merged.chunks,
+        "document_files": with_documents,
     }

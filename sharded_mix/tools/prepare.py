@@ -19,11 +19,14 @@ import shutil
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sharded_mix.config import parse_size
+from sharded_mix.streaming.checksums import write_checksums
+from sharded_mix.tools.documents import write_documents
 from sharded_mix.tools.manifest import file_sha256, write_manifest
 from sharded_mix.tools.prepare_inputs import (
     SUPPORTED_SUFFIXES,
@@ -42,6 +45,9 @@ from sharded_mix.tools.prepare_inputs import (
 from sharded_mix.tools.prepare_output import (
     PrepareSummary,
     clear_output_dir,
+    document_parts,
+    drop_stale_val_shards,
+    stale_val_shards,
     summarize_shard,
     val_output_for,
     write_index,
@@ -118,7 +124,7 @@ def _check_first_rows(items: Sequence[tuple[Piece, ...]], fmt: RecordFormat) -> 
     for piece in list(firsts.values())[:FIRST_ROW_CHECKS]:
         first = next(iter_piece_rows(piece, fmt), None)
         if first is not None:
-            fmt.render(first[1], first[0])
+            fmt.render(first[2], first[1])
 
 
 # ----------------------------------------------------------------------------- selecting documents
@@ -267,9 +273,11 @@ def prepare_shard(
     _check_first_rows(items, fmt)
     held_out = val_docs is not None or val_fraction is not None
     val_dir = Path(val_output) if val_output is not None else val_output_for(output_dir) if held_out else None
+    stale = stale_val_shards(output_dir, val_dir)  # read before the old manifest goes
     clear_output_dir(output_dir, overwrite)
     if val_dir is not None:
         clear_output_dir(val_dir, overwrite)
+    drop_stale_val_shards(stale, output_dir, overwrite)
     workers = max(1, min(num_workers, len(items)))
     job = JobSpec(
         fmt,
@@ -310,10 +318,14 @@ def prepare_shard(
                 f"no non-empty documents in {', '.join(map(str, files)) or 'the datasets'}; check --input, --where"
             )
         write_index(output_dir, results, "train", dtype_name, size)
+        write_documents(output_dir, document_parts(output_dir, tasks))
+        write_checksums(output_dir, {name: h for result in results for name, h in result.train.hashes.items()})
         if val_dir is not None:
             if not any(result.val.documents for result in results):
                 raise ValueError("the validation split is empty; raise --val-fraction or pass --val-docs")
             write_index(val_dir, results, "val", dtype_name, size)
+            write_documents(val_dir, document_parts(val_dir, tasks))
+            write_checksums(val_dir, {name: h for result in results for name, h in result.val.hashes.items()})
     except BaseException:
         shutil.rmtree(output_dir, ignore_errors=True)
         if val_dir is not None:
@@ -323,6 +335,7 @@ def prepare_shard(
     seconds = time.perf_counter() - start
     common = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "prepare_run": uuid.uuid4().hex,  # the same in the train and val manifests: training checks the pair
         "command": command if command is not None else shlex.join(sys.argv),
         "inputs": hashed,  # in input order: one thread hashed them one after the other
         "datasets": [

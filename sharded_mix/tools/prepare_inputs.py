@@ -209,17 +209,47 @@ def group_items(pieces: Sequence[Piece], item_bytes: int) -> list[tuple[Piece, .
 
 def iter_piece_documents(piece: Piece, fmt: RecordFormat) -> Iterator[str]:
     """The non-empty documents of one piece, filters applied, in order."""
+    return (text for _, text in iter_piece_records(piece, fmt))
+
+
+def iter_piece_records(piece: Piece, fmt: RecordFormat) -> Iterator[tuple[int, str]]:
+    """``(record, text)`` of the non-empty documents of one piece, filters applied, in order. ``record`` numbers
+    the document's row from 1: a JSONL line counted from the piece's first byte, a parquet row counted from the
+    file's first, a dataset row in its shard; a whole text file is record 0."""
     if piece.kind == ".txt":
-        texts: Iterator[str | None] = iter([_read_text(Path(piece.source))])
+        records: Iterator[tuple[int, str | None]] = iter([(0, _read_text(Path(piece.source)))])
     else:
-        texts = (fmt.render(row, where) for where, row in iter_piece_rows(piece, fmt))
-    for text in texts:
+        records = ((number, fmt.render(row, where)) for number, where, row in iter_piece_rows(piece, fmt))
+    for number, text in records:
         if text and not text.isspace():
-            yield text
+            yield number, text
 
 
-def iter_piece_rows(piece: Piece, fmt: RecordFormat) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(where, row)`` pairs of a JSONL, parquet or dataset piece; ``where`` names the row in errors."""
+def record_unit(piece: Piece) -> str:
+    """What `iter_piece_records` numbers in ``piece``: ``line``, ``row`` or ``file``."""
+    return "file" if piece.kind == ".txt" else "row" if piece.kind in (".parquet", DATASET_KIND) else "line"
+
+
+def lines_before(path: str, offsets: Sequence[int]) -> dict[int, int]:
+    """The newlines of ``path`` before each byte offset (for JSONL ranges: the lines before a range's first)."""
+    wanted = sorted(set(offsets))
+    counts: dict[int, int] = {}
+    lines = position = 0
+    with open(path, "rb") as file:
+        for offset in wanted:
+            while position < offset:
+                block = file.read(min(offset - position, 1 << 24))
+                if not block:
+                    break
+                lines += block.count(b"\n")
+                position += len(block)
+            counts[offset] = lines
+    return counts
+
+
+def iter_piece_rows(piece: Piece, fmt: RecordFormat) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(number, where, row)`` of a JSONL, parquet or dataset piece: ``number`` as in `iter_piece_records`,
+    ``where`` names the row in errors."""
     if piece.kind == DATASET_KIND:
         assert piece.dataset is not None
         dataset = piece.dataset.load()
@@ -227,7 +257,7 @@ def iter_piece_rows(piece: Piece, fmt: RecordFormat) -> Iterator[tuple[str, dict
         if shards > 1:
             dataset = dataset.shard(num_shards=shards, index=piece.start)
         for number, row in enumerate(dataset, start=1):
-            yield f"row {number} of shard {piece.start} of {piece.source}", row
+            yield number, f"row {number} of shard {piece.start} of {piece.source}", row
     elif piece.kind == ".parquet":
         yield from _parquet_rows(piece, fmt)
     else:
@@ -257,7 +287,7 @@ def _open_lines(piece: Piece) -> io.BufferedIOBase:
     return handle
 
 
-def _jsonl_rows(piece: Piece) -> Iterator[tuple[str, dict[str, Any]]]:
+def _jsonl_rows(piece: Piece) -> Iterator[tuple[int, str, dict[str, Any]]]:
     path = Path(piece.source)
     remaining = piece.stop - piece.start if piece.stop >= 0 else -1
     origin = f" (the range from byte {piece.start})" if piece.start else ""
@@ -269,7 +299,7 @@ def _jsonl_rows(piece: Piece) -> Iterator[tuple[str, dict[str, Any]]]:
                 remaining -= len(line)
             if line.strip():
                 where = f"row {line_no}{origin} of {path}"
-                yield where, _parse_json_line(line, where)
+                yield line_no, where, _parse_json_line(line, where)
 
 
 def _parse_json_line(line: bytes, where: str) -> dict[str, Any]:
@@ -316,7 +346,7 @@ def _open_parquet(path: Path, fmt: RecordFormat) -> Any:
     return parquet_file
 
 
-def _parquet_rows(piece: Piece, fmt: RecordFormat) -> Iterator[tuple[str, dict[str, Any]]]:
+def _parquet_rows(piece: Piece, fmt: RecordFormat) -> Iterator[tuple[int, str, dict[str, Any]]]:
     path = Path(piece.source)
     parquet_file = _open_parquet(path, fmt)
     columns = sorted({column for column in fmt.columns(parquet_file.schema_arrow.names).values() if column})
@@ -326,7 +356,7 @@ def _parquet_rows(piece: Piece, fmt: RecordFormat) -> Iterator[tuple[str, dict[s
         values = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
         for offset in range(batch.num_rows):
             row += 1
-            yield f"row {row} of {path}", {name: column[offset] for name, column in zip(columns, values)}
+            yield row, f"row {row} of {path}", {name: column[offset] for name, column in zip(columns, values)}
 
 
 def iter_documents(inputs: list[Path], text_field: str = "text", fmt: RecordFormat | None = None) -> Iterator[str]:

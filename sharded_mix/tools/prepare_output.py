@@ -1,7 +1,9 @@
 """The output side of `sharded-mix prepare`: where shards go, their ``index.json``, and what they hold.
 
 ``val_output_for`` places the held-out shard; ``clear_output_dir`` guards (or, with ``--overwrite``, empties)
-an output directory; ``write_index`` lists the workers' chunk files in litdata's ``index.json``;
+an output directory; ``stale_val_shards`` finds the held-out shards an earlier prepare of it left;
+``write_index`` lists the workers' chunk files in litdata's ``index.json``;
+``document_parts`` lists the workers' document records for ``documents.write_documents``;
 ``summarize_shard`` counts a written shard into a `PrepareSummary`. ``write_token_shard`` writes token ids you
 already have, in this process, with litdata's own writer.
 """
@@ -21,11 +23,16 @@ import torch
 
 from sharded_mix.shards import shard_from_index
 from sharded_mix.streaming.discovery import read_index
-from sharded_mix.tools.prepare_workers import ItemResult
+from sharded_mix.tools.documents import DocumentInput, part_file
+from sharded_mix.tools.manifest import read_manifest
+from sharded_mix.tools.prepare_inputs import lines_before, record_unit
+from sharded_mix.tools.prepare_workers import ItemResult, ItemTask
 
 logger = logging.getLogger(__name__)
 
-_SHARD_ENTRY = re.compile(r"^(index\.json|manifest\.json|\d+\.index\.json|chunk-.*\.bin|\.checkpoints)$")
+_SHARD_ENTRY = re.compile(
+    r"^(index\.json|manifest\.json|\d+\.index\.json|chunk-.*\.bin|\.checkpoints|documents\.(json|bin)|checksums\.json|\.documents-\d+\.bin)$"
+)
 _TOKENS_DTYPE_CODE = {"uint16": 20, "int32": 16}
 """litdata's ``no_header_tensor:<code>`` for the token dtypes we write (``litdata.constants._TORCH_DTYPES_MAPPING``)."""
 
@@ -82,6 +89,13 @@ def clear_output_dir(output_dir: Path, overwrite: bool) -> None:
     if not entries:
         return
     what = "a shard (index.json)" if (output_dir / "index.json").exists() else f"{len(entries)} entries"
+    shard_files = all(_SHARD_ENTRY.match(entry.name) for entry in entries)
+    if not overwrite and shard_files and not (output_dir / "index.json").exists():
+        raise FileExistsError(
+            f"--output {str(output_dir)!r} holds {len(entries)} shard file(s) (chunk files, document records) but no "
+            "index.json: it looks like an interrupted `sharded-mix prepare`; pass --overwrite to replace it, or pick "
+            "another --output"
+        )
     if not overwrite:
         raise FileExistsError(
             f"--output {str(output_dir)!r} already holds {what}; "
@@ -95,6 +109,46 @@ def clear_output_dir(output_dir: Path, overwrite: bool) -> None:
         )
     logger.info("removing the old shard in %s (--overwrite)", output_dir)
     shutil.rmtree(output_dir)
+
+
+def stale_val_shards(output_dir: Path, val_dir: Path | None) -> list[Path]:
+    """Held-out shards of an earlier prepare of ``output_dir`` that this run does not rewrite: the val shard its old
+    manifest names, and the one at ``val_output_for(output_dir)``, when their manifest says they are its val shard."""
+    old = read_manifest(output_dir) or {}
+    candidates = [Path(old["val_shard"])] if isinstance(old.get("val_shard"), str) else []
+    stale: list[Path] = []
+    for path in [*candidates, val_output_for(output_dir)]:
+        if path in stale or not (path / "index.json").is_file():
+            continue
+        if val_dir is not None and path.resolve() == val_dir.resolve():
+            continue  # rewritten from this run's selection
+        manifest = read_manifest(path) or {}
+        train_shard = manifest.get("train_shard")
+        if manifest.get("split") == "val" and isinstance(train_shard, str):
+            if Path(train_shard).resolve() == output_dir.resolve():
+                stale.append(path)
+    return stale
+
+
+def drop_stale_val_shards(stale: Sequence[Path], output_dir: Path, overwrite: bool) -> None:
+    """Remove (``overwrite``) or warn about held-out shards an earlier prepare of ``output_dir`` left: their documents
+    are in the training shard this run writes."""
+    for path in stale:
+        if not overwrite:
+            logger.warning(
+                "%s is the held-out val shard of an earlier prepare of %s, which this run replaces: its documents may "
+                "be in the new training shard, and training refuses it as validation data; remove it",
+                path,
+                output_dir,
+            )
+            continue
+        logger.warning(
+            "removing %s, the held-out val shard of the old %s (--overwrite): this run does not rewrite it, and its "
+            "documents may be in the new training shard",
+            path,
+            output_dir,
+        )
+        clear_output_dir(path, overwrite=True)
 
 
 def write_index(directory: Path, results: Sequence[ItemResult], split: str, dtype: str, chunk_bytes: int) -> None:
@@ -115,6 +169,26 @@ def write_index(directory: Path, results: Sequence[ItemResult], split: str, dtyp
     }
     index = {"chunks": chunks, "config": config, "updated_at": str(time.time())}
     (directory / "index.json").write_text(json.dumps(index, sort_keys=True), encoding="utf-8")
+
+
+def document_parts(directory: Path, tasks: Sequence[ItemTask]) -> list[tuple[Path, list[tuple[DocumentInput, int]]]]:
+    """Per task, in order, its part file of document records in ``directory`` and, per piece slot, the piece's input
+    and the records before it (the lines of a JSONL file before a range that starts inside it)."""
+    starts: dict[str, list[int]] = {}
+    for task in tasks:
+        for piece in task.pieces:
+            if piece.kind == ".jsonl" and piece.start > 0:
+                starts.setdefault(piece.source, []).append(piece.start)
+    before = {source: lines_before(source, offsets) for source, offsets in starts.items()}
+    parts = []
+    for task in tasks:
+        slots = []
+        for piece in task.pieces:
+            shard = piece.start if piece.dataset is not None else None
+            base = before[piece.source][piece.start] if piece.source in before and piece.start > 0 else 0
+            slots.append((DocumentInput(piece.source, record_unit(piece), shard), base))
+        parts.append((part_file(directory, task.index), slots))
+    return parts
 
 
 def summarize_shard(output_dir: Path, seconds: float, val: PrepareSummary | None = None) -> PrepareSummary:

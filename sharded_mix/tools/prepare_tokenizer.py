@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from sharded_mix.streaming.identity import vocab_fingerprint, vocab_size_with_added
 from sharded_mix.tools.prepare_workers import TokenizerSpec
 
 UINT16_VOCAB_LIMIT = 2**16
@@ -38,17 +39,6 @@ def load_tokenizer(tokenizer_dir: Path) -> Any:
             "(or 'eos_token_id' in generation_config.json)"
         )
     return tokenizer
-
-
-def vocab_size_with_added(tokenizer: Any) -> int:
-    """Largest token id + 1, added/special tokens included."""
-    if tokenizer.backend == "huggingface":
-        vocab = tokenizer.processor.get_vocab(with_added_tokens=True)
-        size = max(max(vocab.values(), default=-1) + 1, tokenizer.processor.get_vocab_size(with_added_tokens=True))
-    else:
-        size = tokenizer.processor.vocab_size()
-    special = [i for i in (tokenizer.bos_id, tokenizer.eos_id) if i is not None]
-    return max([size] + [i + 1 for i in special])
 
 
 def token_dtype(vocab_size: int) -> torch.dtype:
@@ -78,6 +68,7 @@ def tokenizer_record(tokenizer: Any, tokenizer_dir: Path) -> dict[str, Any]:
         "backend": tokenizer.backend,
         "vocab_file": name,
         "vocab_sha256": hashlib.sha256((tokenizer_dir / name).read_bytes()).hexdigest(),
+        "vocab_fingerprint": vocab_fingerprint(tokenizer),
         "vocab_size": vocab_size_with_added(tokenizer),
         "eos_id": tokenizer.eos_id,
         "bos_id": tokenizer.bos_id,

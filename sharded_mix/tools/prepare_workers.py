@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from sharded_mix.tools.prepare_inputs import Piece, iter_piece_documents
+from sharded_mix.streaming.checksums import new_hasher
+from sharded_mix.tools.documents import RECORD, part_file
+from sharded_mix.tools.prepare_inputs import Piece, iter_piece_records
 from sharded_mix.tools.records import RecordFormat
 
 BATCH_CHARS = 1_000_000
@@ -85,6 +87,8 @@ class SplitResult:
     chunks: list[dict] = field(default_factory=list)
     documents: int = 0
     tokens: int = 0
+    hashes: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """Per chunk file: bytes and xxh3-128, for ``checksums.json``."""
 
 
 @dataclass
@@ -105,9 +109,12 @@ def is_val_by_index(selected: int, total: int, val_docs: int) -> bool:
     return (selected + 1) * val_docs // total > selected * val_docs // total
 
 
-def item_documents(task: ItemTask, fmt: RecordFormat) -> Iterator[str]:
-    """The documents the task keeps, in order."""
-    documents = itertools.chain.from_iterable(iter_piece_documents(piece, fmt) for piece in task.pieces)
+def item_documents(task: ItemTask, fmt: RecordFormat) -> Iterator[tuple[int, int, str]]:
+    """``(piece slot, record, text)`` of the documents the task keeps, in order (`iter_piece_records`)."""
+    documents = itertools.chain.from_iterable(
+        ((slot, record, text) for record, text in iter_piece_records(piece, fmt))
+        for slot, piece in enumerate(task.pieces)
+    )
     return itertools.islice(documents, task.first, task.stop)
 
 
@@ -122,7 +129,8 @@ def count_item(task: ItemTask, job: JobSpec, report: Callable[[int, int], None])
 
 
 class ChunkWriter:
-    """Documents → chunk files ``chunk-<item>-<n>.bin`` (TokensLoader layout), each about ``chunk_bytes``."""
+    """Documents → chunk files ``chunk-<item>-<n>.bin`` (TokensLoader layout), each about ``chunk_bytes``, and the
+    item's document records (length, piece slot, record: `documents.part_file`)."""
 
     def __init__(self, directory: str, item: int, dtype: str, chunk_bytes: int) -> None:
         self.directory = Path(directory)
@@ -132,8 +140,9 @@ class ChunkWriter:
         self.pending: list[np.ndarray] = []
         self.pending_bytes = 0
         self.result = SplitResult()
+        self.origins: list[tuple[int, int, int]] = []
 
-    def add(self, tokens: np.ndarray) -> None:
+    def add(self, tokens: np.ndarray, slot: int, record: int) -> None:
         size = tokens.nbytes
         if self.pending and self.pending_bytes + size > self.limit:
             self.flush()
@@ -141,6 +150,14 @@ class ChunkWriter:
         self.pending_bytes += size
         self.result.documents += 1
         self.result.tokens += len(tokens)
+        self.origins.append((len(tokens), slot, record))
+
+    def finish(self) -> SplitResult:
+        """Write the last chunk and the item's document records; what was written."""
+        self.flush()
+        if self.origins:
+            np.array(self.origins, dtype=RECORD).tofile(part_file(self.directory, self.item))
+        return self.result
 
     def flush(self) -> None:
         if not self.pending:
@@ -155,10 +172,13 @@ class ChunkWriter:
             )
         header = np.concatenate([[count], offsets]).astype(np.uint32)
         name = f"chunk-{self.item}-{len(self.result.chunks)}.bin"
+        hasher = new_hasher()
         with open(self.directory / name, "wb") as out:
-            out.write(header.tobytes())
-            for doc in self.pending:
-                out.write(doc.tobytes())
+            for data in (header, *self.pending):
+                data = data.tobytes()
+                out.write(data)
+                hasher.update(data)
+        self.result.hashes[name] = (int(offsets[-1]), hasher.hexdigest())
         tokens = int(sizes.sum()) // self.dtype.itemsize
         self.result.chunks.append(
             {"chunk_bytes": int(offsets[-1]), "chunk_size": count, "dim": tokens, "filename": name}
@@ -212,21 +232,21 @@ def tokenize_item(task: ItemTask, job: JobSpec, report: Callable[[int, int], Non
     train = ChunkWriter(job.train_dir, task.index, job.tokenizer.dtype, job.chunk_bytes)
     val = ChunkWriter(job.val_dir, task.index, job.tokenizer.dtype, job.chunk_bytes) if job.val_dir else None
     batch: list[str] = []
-    routes: list[ChunkWriter] = []
+    routes: list[tuple[ChunkWriter, int, int]] = []
     chars = 0
 
     def flush() -> None:
         nonlocal chars
         tokens = 0
-        for writer, ids in zip(routes, encoder.encode(batch)):
-            writer.add(ids)
+        for (writer, slot, record), ids in zip(routes, encoder.encode(batch)):
+            writer.add(ids, slot, record)
             tokens += len(ids)
         report(len(batch), tokens)
         batch.clear()
         routes.clear()
         chars = 0
 
-    for number, text in enumerate(item_documents(task, job.fmt)):
+    for number, (slot, record, text) in enumerate(item_documents(task, job.fmt)):
         writer = train
         if val is not None:
             if task.val_docs:
@@ -235,16 +255,13 @@ def tokenize_item(task: ItemTask, job: JobSpec, report: Callable[[int, int], Non
                 held_out = job.val_fraction is not None and is_val_by_hash(text, job.val_fraction)
             writer = val if held_out else train
         batch.append(text)
-        routes.append(writer)
+        routes.append((writer, slot, record))
         chars += len(text)
         if chars >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
             flush()
     if batch:
         flush()
-    train.flush()
-    if val is not None:
-        val.flush()
-    return ItemResult(task.index, train.result, val.result if val is not None else SplitResult())
+    return ItemResult(task.index, train.finish(), val.finish() if val is not None else SplitResult())
 
 
 # ----------------------------------------------------------------------------- running items

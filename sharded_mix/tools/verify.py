@@ -69,6 +69,27 @@ def header_problems(shard: Shard, chunk: int, file) -> list[str]:
     return problems
 
 
+def documents_problems(shard: Shard) -> list[str]:
+    """What prepare's document files of ``shard`` get wrong against its ``index.json`` (none when it has none)."""
+    from sharded_mix.tools.documents import INPUTS_FILE, ShardDocuments
+
+    try:
+        documents = ShardDocuments.open(shard.path)
+    except (ValueError, OSError, KeyError) as err:
+        return [f"{INPUTS_FILE}: cannot be read ({err})"]
+    if documents is None:
+        return []
+    problems = []
+    if (documents.documents, documents.tokens) != (shard.documents, shard.tokens):
+        problems.append(
+            f"{INPUTS_FILE} covers {documents.documents:,} documents of {documents.tokens:,} tokens, index.json holds "
+            f"{shard.documents:,} of {shard.tokens:,} (document files from another write; rerun prepare)"
+        )
+    elif documents.documents and documents.span(documents.documents - 1)[0] >= shard.tokens:
+        problems.append(f"documents.bin's last document starts past the shard's {shard.tokens:,} tokens")
+    return problems
+
+
 def sample_windows(tokens: int, window: int = WINDOW_TOKENS) -> list[tuple[int, int]]:
     """``(start, stop)`` token ranges to sample from a chunk of ``tokens`` tokens: its start, middle and end.
 
@@ -129,5 +150,5 @@ def verify_notes(vocab_size: int | None) -> list[str]:
     )
     return [
         f"verified: every chunk header, and {SAMPLE_WINDOWS} windows of {WINDOW_TOKENS:,} tokens per chunk "
-        f"(start, middle, end); token ids {bound}"
+        f"(start, middle, end); token ids {bound}; prepare's document files against index.json"
     ]

@@ -7,32 +7,11 @@ import json
 import subprocess
 
 import numpy as np
-import torch
 import yaml
 from conftest import write_token_shard
-from litgpt_runs import LITGPT
+from litgpt_runs import LITGPT, task, write_checkpoint
 
 from sharded_mix.cli import main
-from sharded_mix.tools.demo import train_tokenizer
-
-
-def write_checkpoint(directory, texts) -> None:
-    """A random pythia-14m with a tiny byte-level BPE tokenizer: what finetune_full starts from, no hub needed."""
-    from litgpt import GPT, Config
-    from litgpt.utils import save_config
-
-    train_tokenizer(texts, 300, directory)
-    config = Config.from_name("pythia-14m")
-    torch.manual_seed(0)
-    torch.save(GPT(config).state_dict(), directory / "lit_model.pth")
-    save_config(config, directory)
-
-
-def task(path, tag: str, count: int):
-    path.write_text(
-        json.dumps([{"instruction": f"{tag} {i} plus {i}?", "output": f"it is {2 * i}"} for i in range(count)])
-    )
-    return str(path)
 
 
 def test_finetune_full_on_a_mixture_then_val_loss_per_task_and_on_a_shard(tmp_path, capsys):

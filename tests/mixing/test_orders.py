@@ -10,6 +10,7 @@ from sharded_mix.mixing.orders import (
     LegacyOrder,
     Ordering,
     SequentialOrder,
+    SlicedOrder,
     WindowedOrder,
     chunk_block_starts,
     epoch_order,
@@ -132,10 +133,12 @@ def test_position_of_inverts_every_order():
         chunks = rng.integers(1, 40, size=int(rng.integers(1, 30))).tolist()
         total = sum(chunks)
         window = int(rng.integers(1, 5))
+        bounds = [0, *sorted(int(bound) for bound in rng.integers(0, total + 1, size=2)), total]
         for order in (
             WindowedOrder(chunks, Ordering(trial, window), "x", trial),
             LegacyOrder(chunks, trial, "x", 1),
             SequentialOrder(),
+            SlicedOrder(chunks, Ordering(trial, window), "x", trial, bounds),  # three node slices, some maybe empty
         ):
             assert [order.block(order.position_of(block)) for block in range(total)] == list(range(total))
         lo, hi = sorted(int(bound) for bound in rng.integers(0, total + 1, size=2))

@@ -75,6 +75,20 @@ def test_moving_to_another_topology_mid_epoch_reads_the_rest_exactly_once():
         assert sorted(position for _, position in read) == list(range(blocks)), plan
 
 
+@pytest.mark.parametrize("world, nodes", [(2, 2), (4, 2), (6, 3), (16, 4)])
+def test_draw_of_inverts_what_each_node_reads(world, nodes):
+    topology, blocks = Topology(world, nodes), 301
+    for epoch in range(2):
+        shares = NodeShares(Split.whole(topology, epoch, blocks), topology, blocks)
+        for draw in range(epoch * blocks, (epoch + 1) * blocks):
+            assert shares.draw_of(shares.position(who_reads(draw, topology), draw)) == draw
+    old = Topology(8, 4)  # resumed mid-epoch on another topology: positions read before are None
+    split = reslice(Split.whole(old, 0, blocks), old, 120, topology, blocks)
+    shares = NodeShares(split, topology, blocks)
+    later = {shares.position(who_reads(draw, topology), draw): draw for draw in range(120, blocks)}
+    assert all(shares.draw_of(position) == later.get(position) for position in range(blocks))
+
+
 def test_a_reslice_keeps_each_new_node_in_a_few_runs_of_the_old_slices():
     blocks, old, new = 1_000, Topology(8, 4), Topology(4, 2)
     split = reslice(Split.whole(old, 0, blocks), old, 400, new, blocks)

@@ -80,3 +80,12 @@ def test_provenance_benchmark_quick_run_completes(tmp_path):
     results = json.loads(out.read_text())
     assert results["queries"]["rows_per_step"] == 1024 and results["queries"]["out_dir_query_s"] > 0
     assert 0 < results["metrics"]["metrics_per_step_s"] < results["metrics"]["step_s"]
+    assert results["queries"]["find_document"]["reads"] >= 1 and results["queries"]["c1_documents"] > 0
+
+
+def test_integrity_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "integrity.json"
+    run_benchmark("bench_integrity.py", "--quick", "--workers", "0", "--json", str(out))
+    passes = json.loads(out.read_text())["workers"]["0"]
+    assert set(passes) == {"local_first", "local_later", "remote_cold"}
+    assert all(found["on_s"] > 0 and found["off_s"] > 0 for found in passes.values())

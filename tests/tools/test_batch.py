@@ -124,7 +124,7 @@ def test_the_json_output(scenario, tmp_path, capsys):
     assert main(["batch", str(config), "--step", "2", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["step"] == 2 and len(printed["rows"]) == GLOBAL
-    keys = {"sample", "rank", "micro_batch", "row", "source", "shard", "chunk", "position", "epoch"}
+    keys = {"sample", "rank", "micro_batch", "row", "source", "shard", "chunk", "position", "epoch", "length"}
     assert set(printed["rows"][0]) == keys
     assert main(["batch", str(config), "--step", "2"]) == 0
     assert "step 2: 8 rows on 1 rank(s)" in capsys.readouterr().out
@@ -161,17 +161,17 @@ def brute_force_reads(base, steps, world, monkeypatch, **fields):
     return reads
 
 
-@pytest.mark.parametrize("world", [1, 2])
-def test_find_lists_every_read_of_a_block_across_epochs_and_stages(scenario, tmp_path, world, monkeypatch):
+@pytest.mark.parametrize("world, nodes", [(1, 1), (2, 1), (2, 2)])
+def test_find_lists_every_read_of_a_block_across_epochs_and_stages(scenario, tmp_path, world, nodes, monkeypatch):
     stages = [*STAGES[:2], {"name": "math", "start_step": 40, "literal_weights_str": "m1:1", "seed": 7}]
-    config = write_config(tmp_path / "run.yaml", scenario, world=world, stages=stages)
+    config = write_config(tmp_path / "run.yaml", scenario, world=world, stages=stages, nodes=nodes)
     steps = 90  # m1 (181 blocks) runs through more than one epoch
-    truth = brute_force_reads(scenario, steps, world, monkeypatch, stages=stages)
+    truth = brute_force_reads(scenario, steps, world, monkeypatch, stages=stages, nodes=nodes)
     m1_blocks = [key for key in truth if key[0] == "m1"]
     twice = max(m1_blocks, key=lambda key: len(truth[key]))
     assert len(truth[twice]) > 1  # read in two epochs, the second in stage math's order
     for source, position in [twice, *m1_blocks[:: len(m1_blocks) // 6], ("main/1", 0), ("main/1", BLOCK * 7 + 3)]:
-        reads, first, until = reads_of(config, source, position, until_step=steps)
+        reads, first, until, _ = reads_of(config, source, position, until_step=steps)
         block_start = position - position % BLOCK
         expected = truth.get((source, block_start), [])
         assert (first, until) == (1, steps)

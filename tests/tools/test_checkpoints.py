@@ -10,6 +10,7 @@ from litgpt.utils import find_resume_path
 from sharded_mix.cli import main
 from sharded_mix.tools.checkpoints import (
     checkpoint_file_problem,
+    format_data_position,
     link_checkpoints,
     newest_loadable_checkpoint,
     read_data_position,
@@ -84,13 +85,13 @@ def test_link_refusals(pretrain_run, tmp_path, capsys):
 def test_data_position_of_a_checkpoint(scenario, tmp_path, capsys):
     loader = make(scenario, batch_size=10, literal_weights_str="main/1:0.6,m1:0.4").train_dataloader()
     take(loader, 25)
-    step_dir = tmp_path / "run" / "step-00000024"
+    step_dir = tmp_path / "run" / "final"  # LitGPT's final/: the batch fetched after the last step is in it
     step_dir.mkdir(parents=True)
     torch.save(
         {"model": {"w": torch.zeros(3)}, "train_dataloader": loader.state_dict(), "iter_num": 24, "step_count": 24},
         step_dir / "lit_model.pth",
     )
-    position = read_data_position(tmp_path / "run")  # the out_dir: its newest step
+    position = read_data_position(step_dir)
     assert position["iter_num"] == 24 and position["data"]["sources"]["m1"]["draws"] == 100
     assert main(["data-position", str(step_dir)]) == 0
     out = capsys.readouterr().out
@@ -103,6 +104,28 @@ def test_data_position_of_a_checkpoint(scenario, tmp_path, capsys):
     }
     assert main(["data-position", str(step_dir / "lit_model.pth"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["data"]["taken"] == {"m1": 100, "main/1": 150}
+
+
+def data_position_notes(tmp_path, name, state, iter_num):
+    directory = tmp_path / name
+    directory.mkdir(parents=True)
+    torch.save({"train_dataloader": state, "iter_num": iter_num, "step_count": 0}, directory / "lit_model.pth")
+    return [line for line in format_data_position(read_data_position(directory)).splitlines() if "note:" in line]
+
+
+def test_data_position_notes_only_what_is_true(scenario, tmp_path):
+    """A step-* checkpoint is saved right after its step (no batch fetched past it); a run resumed with another
+    micro_batch_size counts iter_num in the old micro-batches: neither holds samples fetched but not trained on."""
+    loader = make(scenario, batch_size=10, literal_weights_str="main/1:0.6,m1:0.4").train_dataloader()
+    take(loader, 24)
+    state = loader.state_dict()  # 240 samples per rank in micro-batches of 10
+    assert data_position_notes(tmp_path, "run/step-00000024", state, 24) == []
+    assert data_position_notes(tmp_path, "run/final", state, 24) == []  # a run the data stream ended
+    assert data_position_notes(tmp_path, "run/step-00000023", state, 23) == [  # 240 = 12 iters of 20, then 1 of 10
+        "note: iter_num 23 is not these samples in micro-batches of 10 (230 samples per rank): the run was resumed "
+        "with another micro_batch_size or rank count, and LitGPT kept counting iter_num in the old micro-batches; the "
+        "samples are the data position"
+    ]
 
 
 def test_data_position_refuses_a_checkpoint_without_our_state(tmp_path):
