@@ -13,7 +13,8 @@ one pass over the mixture's tokens:
 (b) local, later epochs: the ledger already holds every chunk: nothing is hashed;
 (c) remote cold (moto's S3 on 127.0.0.1): a fresh cache every run: every chunk is downloaded, and hashed as it
     streams.
-Runs alternate (on, off, off, on, ...), so drift hits both; the ratio is of the medians; for each ``--workers``.
+Runs go in back-to-back pairs (on, off, then off, on, ...); the ratio is the median of the pairs' ratios, so drift
+between pairs cancels; for each ``--workers``.
 
 Targets (issue "Integrity"): (a) and (c) >= 0.97x, (b) 1.00x (within noise).
 """
@@ -74,14 +75,16 @@ def one_pass(data, batches: int) -> float:
 
 
 def paired(run, repeats: int) -> dict:
-    """``run(verify)`` seconds, alternating on/off, off/on; medians and the throughput ratio on / off."""
+    """``run(verify)`` seconds in back-to-back pairs, alternating on/off, off/on; the medians, and the throughput
+    ratio on / off as the median of the pairs' ratios (so drift between pairs cancels)."""
     times = {"first_read": [], "off": []}
     for index in range(repeats):
         order = ("first_read", "off") if index % 2 == 0 else ("off", "first_read")
         for verify in order:
             times[verify].append(run(verify))
     on, off = statistics.median(times["first_read"]), statistics.median(times["off"])
-    return {"on_s": on, "off_s": off, "ratio": off / on, "runs": times}
+    ratio = statistics.median(b / a for a, b in zip(times["first_read"], times["off"]))
+    return {"on_s": on, "off_s": off, "ratio": ratio, "runs": times}
 
 
 def main(argv=None) -> dict:
@@ -91,7 +94,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--block-size", type=int, default=2049)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", default="0,2", help="comma-separated num_workers values")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--quick", action="store_true", help="small shards, 2 repeats")
     args = parser.parse_args(argv)
@@ -136,7 +139,7 @@ def main(argv=None) -> dict:
                 results["workers"][workers] = {
                     "local_first": paired(lambda verify: run(str(base), verify), args.repeats),
                     "local_later": paired(lambda verify, warm=warm: run(str(base), verify, warm), args.repeats),
-                    "remote_cold": paired(lambda verify: run(url, verify), max(2, args.repeats // 2)),
+                    "remote_cold": paired(lambda verify: run(url, verify), args.repeats),
                 }
         finally:
             next(server, None)

@@ -114,8 +114,10 @@ class SourceReader:
         self._epoch: int | None = None
         self._order: EpochOrder | None = None
         self._shares: NodeShares | None = None  # None: the epoch is not sliced (one node)
-        self.read_ahead = read_ahead if is_url(shard.path) and shard.plain_tokens else 0
-        """Chunks of a remote shard to download ahead of the reads, in the order the epoch reads them."""
+        fetched = is_url(shard.path) or (maps.cache is not None and maps.cache.verifies(shard))
+        self.read_ahead = read_ahead if fetched and shard.plain_tokens else 0
+        """Chunks to download (remote shard) or verify (local shard, once per node) ahead of the reads, in background
+        threads, in the order the epoch reads them."""
         self._ahead = (-1, -1)  # (epoch, position): read-ahead was asked up to the window starting there
 
     def _ordering(self, epoch: int) -> Ordering | None:

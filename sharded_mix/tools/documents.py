@@ -109,10 +109,11 @@ def merge_documents(shards: Sequence[Path], output: Path) -> bool:
 class ShardDocuments:
     """The documents of one shard, read lazily: which holds a token, where each spans, what input it came from."""
 
-    def __init__(self, inputs: Sequence[DocumentInput], documents: int, tokens: int, read) -> None:
+    def __init__(self, inputs: Sequence[DocumentInput], documents: int, tokens: int, read, starts=None) -> None:
         self.inputs = list(inputs)
         self.documents = documents
         self.tokens = tokens
+        self._starts = starts  # a local shard's first tokens: a strided view of the memory map, read an item at a time
         self.read = read
         """``read(first, count)``: records ``first .. first + count - 1`` (fewer at the end), a `RECORD` array."""
 
@@ -131,6 +132,8 @@ class ShardDocuments:
             def read(first: int, count: int) -> np.ndarray:
                 data = remote.read_range(RECORDS_FILE, first * RECORD.itemsize, count * RECORD.itemsize)
                 return np.frombuffer(data, dtype=RECORD)
+
+            starts = None  # probed by ranged reads
         else:
             path = Path(shard)
             if not (path / INPUTS_FILE).is_file():
@@ -148,15 +151,19 @@ class ShardDocuments:
             def read(first: int, count: int) -> np.ndarray:
                 return mapped[first : first + count]
 
+            starts = mapped["start"]
+
         if listing.get("format") != FORMAT:
             raise ValueError(f"{shard}/{INPUTS_FILE} is format {listing.get('format')!r}; this version reads {FORMAT}.")
         inputs = [DocumentInput(entry["path"], entry["unit"], entry.get("shard")) for entry in listing["inputs"]]
-        return cls(inputs, listing["documents"], listing["tokens"], read)
+        return cls(inputs, listing["documents"], listing["tokens"], read, starts)
 
     def start(self, document: int) -> int:
         """The document's first token in the shard's token stream (the shard's total for ``documents``)."""
         if document == self.documents:
             return self.tokens
+        if self._starts is not None:
+            return int(self._starts[document])
         return int(self.read(document, 1)["start"][0])
 
     def holding(self, position: int) -> int:

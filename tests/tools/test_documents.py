@@ -9,9 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3_server
+import test_prepare
 from litgpt.tokenizer import Tokenizer
 from test_batch import write_config
-from test_prepare import expected_tokens, write_tokenizer
+from test_prepare import expected_tokens
 from test_prepare_corpus import shard_tokens
 
 from sharded_mix.cli import main
@@ -20,19 +21,10 @@ from sharded_mix.tools.documents import INPUTS_FILE, RECORD, RECORDS_FILE, Shard
 from sharded_mix.tools.merge import merge_shards
 from sharded_mix.tools.prepare import prepare_shard
 
-s3 = s3_server.s3  # the fixture
+s3 = s3_server.s3  # the fixtures
+tokenizer_dir, tokenizer = test_prepare.tokenizer_dir, test_prepare.tokenizer
 KEEP = ["tag == yes"]
 TEXTS = [f"row {i}: a fox {i * 7 % 13} jumps" + " far" * (i % 5) for i in range(80)]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir: Path) -> Tokenizer:
-    return Tokenizer(tokenizer_dir)
 
 
 def write_inputs(directory: Path) -> dict[tuple[str, str, int], str]:
