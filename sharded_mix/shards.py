@@ -99,6 +99,9 @@ class Shard:
     prepare_run: str | None = field(default=None, repr=False)
     """The id of the ``sharded-mix prepare`` run that wrote it (its manifest's ``prepare_run``; a train shard and its
     held-out val shard share it); None: unknown."""
+    held_out: bool = False
+    """Whether its manifest says it is the held-out (``split: val``) part of a ``prepare`` run, which must be the
+    run that wrote the training shard of the same id."""
 
     @property
     def chunks(self) -> int:

@@ -161,10 +161,12 @@ def _load_local_shard(shard_id: str, type_name: str, path: str) -> Shard:
 def _with_manifest(shard: Shard, content: bytes) -> Shard:
     """``shard`` with what its ``manifest.json`` says: the tokenizer, and the id of the prepare run that wrote it."""
     try:
-        run = json.loads(content).get("prepare_run")
+        manifest = json.loads(content)
+        run, split = manifest.get("prepare_run"), manifest.get("split")
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        run = None
-    return replace(shard, tokenizer=parse_manifest(content), prepare_run=run if isinstance(run, str) else None)
+        run = split = None
+    run = run if isinstance(run, str) else None
+    return replace(shard, tokenizer=parse_manifest(content), prepare_run=run, held_out=split == "val")
 
 
 def _read_hashes(content: bytes, shard: Shard, where: str) -> tuple[str, ...]:

@@ -156,11 +156,12 @@ def held_out_mismatch(val_path: str, val_run: object, train_path: str, train_run
 
 
 def check_held_out(trained: Sequence[Shard], validation: Sequence[Shard]) -> None:
-    """Each validation shard with the id of a trained shard was written by the same ``prepare`` run (when both
-    manifests name it): a held-out shard left from an earlier prepare is refused."""
+    """Each held-out validation shard with the id of a trained shard was written by the same ``prepare`` run (when
+    both manifests name it): a held-out shard left from an earlier prepare is refused. A validation shard prepared on
+    its own (its manifest's split is ``train``) is the user's choice and not paired."""
     by_id = {shard.id: shard for shard in trained}
     for val in validation:
-        train = by_id.get(val.id)
+        train = by_id.get(val.id) if val.held_out else None
         problem = train and held_out_mismatch(val.path, val.prepare_run, train.path, train.prepare_run)
         if problem:
             raise ValueError(f"val_data_path: {problem}")

@@ -182,6 +182,8 @@ def held_out_problems(train: Inventory, val_base: str) -> list[str]:
     for report in train.shards:
         val_path = os.path.join(val_base, os.path.relpath(report.path, train.base))
         val_manifest = read_manifest(val_path) or {}
+        if val_manifest.get("split") != "val":
+            continue  # prepared on its own, not held out of its train shard
         train_run = (report.manifest or {}).get("prepare_run")
         problem = held_out_mismatch(val_path, val_manifest.get("prepare_run"), report.path, train_run)
         if problem:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from litgpt.tokenizer import Tokenizer
 
+from sharded_mix import ShardedMixedDataset
 from sharded_mix.streaming.discovery import read_index
 from sharded_mix.tools.demo import (
     EOS_TOKEN,
@@ -159,6 +160,10 @@ def test_build_demo_writes_six_shards_and_reuses_them(tmp_path: Path) -> None:
     tokenizer = Tokenizer(result.tokenizer_dir)
     assert tokenizer.eos_id is not None and tokenizer.vocab_size == 512
     assert "train/c1" in result.describe()
+    data = ShardedMixedDataset(data_path=workdir / "data", num_workers=0, cache_dir=str(tmp_path / "cache"))
+    data.connect(tokenizer=tokenizer, batch_size=2, max_seq_length=63)  # the run's tokenizer against the manifests
+    data.setup()  # train and val shards from separate prepare runs: no held-out pairing
+    assert next(iter(data.train_dataloader())).shape == (2, 64)
 
     start = time.perf_counter()
     again = build_demo(workdir, vocab_size=512)

@@ -109,6 +109,15 @@ def test_manifests_without_the_prepare_run_are_not_refused(stale_pair, capsys):
     assert main(["inspect", "--verify", str(train.parent.parent)]) == 0
 
 
+def test_a_val_shard_prepared_on_its_own_is_not_paired(tmp_path, rows, tokenizer_dir, capsys):
+    train, val = tmp_path / "data" / "train" / "c1", tmp_path / "data" / "val" / "c1"
+    prepare(rows, tokenizer_dir, train)  # two prepare runs, as the demo writes its train and val shards
+    prepare(write_jsonl(tmp_path / "val.jsonl", DOCS[:5]), tokenizer_dir, val)
+    assert manifest(val)["prepare_run"] != manifest(train)["prepare_run"]
+    assert set_up(train.parent.parent).val_mixture.shards[0].path == str(val)
+    assert main(["inspect", "--verify", str(train.parent.parent)]) == 0
+
+
 def test_an_interrupted_prepare_is_named_and_overwrite_replaces_it(tmp_path, rows, tokenizer_dir):
     out = tmp_path / "c1"
     out.mkdir()
