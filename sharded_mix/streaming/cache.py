@@ -19,19 +19,18 @@ an error naming it (``verify.ChunkVerifier``: hashes, and the id range of shards
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sharded_mix.shards import INDEX_FILE
-from sharded_mix.streaming.checksums import mismatch_error, new_hasher
+from sharded_mix.streaming.checksums import exclusive_lock, mismatch_error, new_hasher
 from sharded_mix.streaming.storage import RemoteDir, is_url
 from sharded_mix.streaming.verify import ChunkVerifier, HashMismatch
 
@@ -51,17 +50,6 @@ def default_cache_dir() -> Path:
     if configured:
         return Path(configured).expanduser()
     return Path(tempfile.gettempdir()) / f"sharded_mix_cache_{os.getuid()}"
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing), shared by the processes of a node."""
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)  # releases the lock
 
 
 def _size_or_none(path: Path) -> int | None:

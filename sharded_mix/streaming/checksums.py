@@ -10,10 +10,12 @@ other processes of the node and later runs do not hash the file again; a file ch
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import mmap
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import xxhash
@@ -79,6 +81,17 @@ def mismatch_error(shard_id: str, chunk_file: str, where: str, expected: str, fo
         f"{expected}: the file was changed or damaged after it was hashed. Restore the shard (or rerun `sharded-mix "
         "prepare`), or exclude it with exclude_shards."
     )
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing), shared by the processes of a node."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 class Ledger:

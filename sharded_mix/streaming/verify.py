@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from sharded_mix.shards import Shard, chunk_header_bytes
-from sharded_mix.streaming.checksums import Ledger, file_digest, mismatch_error
+from sharded_mix.streaming.checksums import Ledger, exclusive_lock, file_digest, mismatch_error
 
 
 class HashMismatch(ValueError):
@@ -62,8 +62,6 @@ class ChunkVerifier:
         """``check`` a local file unless the ledger has it; one process of the node checks, the others wait."""
         if self.done(shard, chunk, path):
             return
-        from sharded_mix.streaming.cache import exclusive_lock
-
         self.ledger.directory.mkdir(parents=True, exist_ok=True)
         lock = self.ledger.directory / f"{hashlib.sha256(path.encode()).hexdigest()[:16]}.lock"
         with exclusive_lock(lock):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sharded_mix.shards import INDEX_FILE, is_plain_file_name
 from sharded_mix.streaming.checksums import CHECKSUMS_FILE, chunk_hashes, file_digest, write_checksums
+from sharded_mix.streaming.discovery import read_index
 from sharded_mix.streaming.storage import is_url
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def shard_dirs(path: Path) -> list[Path]:
 
 
 def _chunk_files(shard: Path) -> list[str]:
-    index = json.loads((shard / INDEX_FILE).read_text(encoding="utf-8"))
+    index = read_index(shard)
     names = [chunk.get("filename") for chunk in index.get("chunks", [])]
     bad = [name for name in names if not isinstance(name, str) or not is_plain_file_name(name)]
     if bad:
