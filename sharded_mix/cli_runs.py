@@ -353,7 +353,7 @@ def _run_val_loss(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, args.device)
     losses = []
     if task_files:
-        from sharded_mix.sft import prompt_style_named
+        from sharded_mix.data_config import prompt_style_named
 
         tokenizer = load_tokenizer(args.checkpoint)
         style = prompt_style_named(args.prompt_style) if args.prompt_style else checkpoint_prompt_style(args.checkpoint)

@@ -13,7 +13,7 @@ from sharded_mix.mixing.run_plan import MixConfig
 from sharded_mix.mixing.stages import TopLevel, build_stages
 from sharded_mix.mixing.state import DATA_CHANGE_POLICIES
 from sharded_mix.mixing.stop import StopRule
-from sharded_mix.mixing.weights import check_type_names, mix_spec_from_fields, normalisation_note
+from sharded_mix.mixing.weights import check_type_names, check_weight_values, mix_spec_from_fields, normalisation_note
 from sharded_mix.shards import resolve_shard_types
 from sharded_mix.streaming.checksums import VERIFY_MODES
 
@@ -137,3 +137,49 @@ def validate_fields(fields: Any) -> DataConfig:
         )
     mix = MixConfig(tuple(schedule), top_spec, known, fields.shuffle_window, stop)
     return DataConfig(mix, shard_types, max_cache_size, tuple(warnings))
+
+
+# SFTMixture's fields
+
+
+def prompt_style_named(name: str) -> Any:
+    """LitGPT's prompt style ``name``; an unknown name is a ValueError listing the known ones."""
+    from litgpt.prompts import PromptStyle, prompt_styles
+
+    if name not in prompt_styles:
+        raise ValueError(
+            f"prompt_style {name!r} is not a LitGPT prompt style; use one of {', '.join(sorted(prompt_styles))}."
+        )
+    return PromptStyle.from_name(name)
+
+
+def parse_weights(value: dict | str | None) -> dict[str, float] | None:
+    """``{gsm8k: 0.7, lima: 0.3}`` or ``gsm8k:0.7,lima:0.3``."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        weights = {str(name): _number(weight) for name, weight in value.items()}
+        check_weight_values(weights, "weights")  # not a number, negative, NaN or infinite: one error naming the task
+        return weights
+    weights = {}
+    for item in filter(None, (part.strip() for part in str(value).split(","))):
+        name, sep, weight = item.rpartition(":")
+        try:
+            weights[name] = float(weight)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise ValueError(
+                f"weights {value!r}: {item!r} is not NAME:WEIGHT; write e.g. gsm8k:0.7,lima:0.3."
+            ) from None
+    check_weight_values(weights, "weights")
+    return weights
+
+
+def _number(weight: object) -> object:
+    """A weight (a number, or text such as ``"0.5"``) as a float; anything else as it is, for ``check_weight_values``
+    to name."""
+    try:
+        return float(weight) if isinstance(weight, (str, int, float)) and not isinstance(weight, bool) else weight
+    except ValueError:
+        return weight

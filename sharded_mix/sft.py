@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader
 
 from sharded_mix import litgpt_bridge
 from sharded_mix.config import expand_path
+from sharded_mix.data_config import parse_weights, prompt_style_named
+from sharded_mix.mixing.plan import format_sft_plan
 from sharded_mix.mixing.sft_epochs import SFTEpochs
-from sharded_mix.mixing.weights import check_weight_values
 from sharded_mix.streaming.cache import LEDGER_DIR, default_cache_dir
 from sharded_mix.streaming.checksums import VERIFY_MODES
 from sharded_mix.streaming.discovery import discover_shards
@@ -43,49 +44,6 @@ logger = logging.getLogger(__name__)
 
 REPLAY_SOURCE = "replay"
 LONG_EXAMPLE_POLICIES = ("truncate", "drop")
-
-
-def prompt_style_named(name: str) -> PromptStyle:
-    """LitGPT's prompt style ``name``; an unknown name is a ValueError listing the known ones."""
-    from litgpt.prompts import prompt_styles
-
-    if name not in prompt_styles:
-        raise ValueError(
-            f"prompt_style {name!r} is not a LitGPT prompt style; use one of {', '.join(sorted(prompt_styles))}."
-        )
-    return PromptStyle.from_name(name)
-
-
-def parse_weights(value: dict | str | None) -> dict[str, float] | None:
-    """``{gsm8k: 0.7, lima: 0.3}`` or ``gsm8k:0.7,lima:0.3``."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        weights = {str(name): _number(weight) for name, weight in value.items()}
-        check_weight_values(weights, "weights")  # not a number, negative, NaN or infinite: one error naming the task
-        return weights
-    weights = {}
-    for item in filter(None, (part.strip() for part in str(value).split(","))):
-        name, sep, weight = item.rpartition(":")
-        try:
-            weights[name] = float(weight)
-        except ValueError:
-            name = ""
-        if not sep or not name:
-            raise ValueError(
-                f"weights {value!r}: {item!r} is not NAME:WEIGHT; write e.g. gsm8k:0.7,lima:0.3."
-            ) from None
-    check_weight_values(weights, "weights")
-    return weights
-
-
-def _number(weight: object) -> object:
-    """A weight (a number, or text such as ``"0.5"``) as a float; anything else as it is, for ``check_weight_values``
-    to name."""
-    try:
-        return float(weight) if isinstance(weight, (str, int, float)) and not isinstance(weight, bool) else weight
-    except ValueError:
-        return weight
 
 
 @dataclass
@@ -346,44 +304,3 @@ class SFTMixture(DataModule):
             num_workers=self.num_workers,
             collate_fn=self._collate(),
         )
-
-
-def format_sft_plan(
-    epochs: SFTEpochs,
-    blend: dict[str, float],
-    tasks: dict[str, EncodedTask],
-    val_tasks: dict[str, EncodedTask],
-    max_seq_length: int,
-) -> str:
-    header = (
-        f"{'source':<14} {'examples':>9} {'weight':>8} {'per epoch':>10} {'passes':>7} {'cut':>6} {'dropped':>8}  file"
-    )
-    limit = "no length limit" if max_seq_length < 1 else f"max_seq_length {max_seq_length}"
-    lines = [
-        f"===== SFT MIXTURE: {epochs.epoch_size:,} samples per epoch, seed {epochs.seed}, {limit} =====",
-        header,
-        "-" * len(header),
-    ]
-    for source in epochs.sources:
-        task = tasks.get(source)
-        pool, per_epoch = epochs.pools[source], epochs.per_epoch[source]
-        where = task.path if task else "pretraining blocks"
-        cut, dropped = (task.truncated, task.dropped) if task else (0, 0)
-        lines.append(
-            f"{source:<14} {pool:>9,} {blend[source]:>8.4f} {per_epoch:>10,} {per_epoch / pool:>7.2f} {cut:>6,} "
-            f"{dropped:>8,}  {where}"
-        )
-    for name, task in val_tasks.items():
-        lines.append(
-            f"val {name}: {len(task.examples):,} examples ({task.truncated} cut, {task.dropped} dropped), {task.path}"
-        )
-    silent = [
-        f"{task.name} ({task.without_targets})"
-        for task in [*tasks.values(), *val_tasks.values()]
-        if task.without_targets
-    ]
-    if silent:
-        lines.append(
-            "examples without a target token after the cut (they add nothing to the loss): " + ", ".join(silent)
-        )
-    return "\n".join(lines)

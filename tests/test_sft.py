@@ -13,8 +13,9 @@ from conftest import write_source, write_token_shard
 from litgpt.tokenizer import Tokenizer
 
 from sharded_mix import SFTMixture
+from sharded_mix.data_config import parse_weights
 from sharded_mix.mixing.sft_epochs import SFTEpochs, source_draws
-from sharded_mix.sft import REPLAY_SOURCE, parse_weights
+from sharded_mix.sft import REPLAY_SOURCE
 from sharded_mix.streaming.sft_files import apply_template, read_records
 from sharded_mix.tools.demo import train_tokenizer
 

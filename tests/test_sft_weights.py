@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sharded_mix import SFTMixture
-from sharded_mix.sft import parse_weights
+from sharded_mix.data_config import parse_weights
 
 TASKS = {"a": "a.json", "b": "b.json"}
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
+from sharded_mix.mixing.sft_epochs import SFTEpochs
 from sharded_mix.mixing.stages import StagePlanRow
 from sharded_mix.shards import Shard
 
@@ -125,3 +127,44 @@ def plot_stage_plan(rows: Sequence[StagePlanRow], ax=None):
     ax.set_ylabel("weight")
     ax.legend(loc="best", fontsize="small")
     return ax
+
+
+def format_sft_plan(
+    epochs: SFTEpochs,
+    blend: dict[str, float],
+    tasks: Mapping[str, Any],
+    val_tasks: Mapping[str, Any],
+    max_seq_length: int,
+) -> str:
+    header = (
+        f"{'source':<14} {'examples':>9} {'weight':>8} {'per epoch':>10} {'passes':>7} {'cut':>6} {'dropped':>8}  file"
+    )
+    limit = "no length limit" if max_seq_length < 1 else f"max_seq_length {max_seq_length}"
+    lines = [
+        f"===== SFT MIXTURE: {epochs.epoch_size:,} samples per epoch, seed {epochs.seed}, {limit} =====",
+        header,
+        "-" * len(header),
+    ]
+    for source in epochs.sources:
+        task = tasks.get(source)
+        pool, per_epoch = epochs.pools[source], epochs.per_epoch[source]
+        where = task.path if task else "pretraining blocks"
+        cut, dropped = (task.truncated, task.dropped) if task else (0, 0)
+        lines.append(
+            f"{source:<14} {pool:>9,} {blend[source]:>8.4f} {per_epoch:>10,} {per_epoch / pool:>7.2f} {cut:>6,} "
+            f"{dropped:>8,}  {where}"
+        )
+    for name, task in val_tasks.items():
+        lines.append(
+            f"val {name}: {len(task.examples):,} examples ({task.truncated} cut, {task.dropped} dropped), {task.path}"
+        )
+    silent = [
+        f"{task.name} ({task.without_targets})"
+        for task in [*tasks.values(), *val_tasks.values()]
+        if task.without_targets
+    ]
+    if silent:
+        lines.append(
+            "examples without a target token after the cut (they add nothing to the loss): " + ", ".join(silent)
+        )
+    return "\n".join(lines)
