@@ -23,6 +23,7 @@ Targets (issue "Observability"): a query < 1 s at 1T; metrics < 0.1 % of the ste
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -151,9 +152,9 @@ def measure_metrics(steps: int) -> dict:
     from litgpt import GPT, Config
     from litgpt.utils import chunked_cross_entropy
 
-    from sharded_mix.litgpt_bridge import _loss_with_row_losses
     from sharded_mix.mixing.cursor import StreamStage
     from sharded_mix.training.data_metrics import DataMetrics
+    from sharded_mix.training.row_losses import chunked_loss
 
     torch.manual_seed(0)
     model = GPT(Config.from_name("pythia-14m"))
@@ -164,7 +165,7 @@ def measure_metrics(steps: int) -> dict:
     stream = SimpleNamespace(cursor=cursor, last_rows=(cursor.ids, (0, 1, 2, 3)))
     metrics = DataMetrics()
     metrics.watch(stream, weights)
-    with_rows = _loss_with_row_losses(chunked_cross_entropy, lambda: metrics)
+    with_rows = functools.partial(chunked_loss, chunked_cross_entropy, on_tokens=metrics.add_token_losses)
 
     def step(loss_call) -> tuple[float, float]:
         start = time.perf_counter()
@@ -199,7 +200,7 @@ def measure_metrics(steps: int) -> dict:
     losses, targets = torch.rand(batch.shape[0] * (batch.shape[1] - 1)), batch[:, 1:]
     start = time.perf_counter()
     for _ in range(1000):
-        metrics.add_row_losses(losses.view(targets.shape).sum(1), (targets != -100).sum(1))
+        metrics.add_token_losses(losses.view(targets.shape), targets != -100)
     added_s = (time.perf_counter() - start) / 1000
     step_s = statistics.median(whole)
     return {

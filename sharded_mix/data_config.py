@@ -19,6 +19,8 @@ from sharded_mix.streaming.checksums import VERIFY_MODES
 
 logger = logging.getLogger(__name__)
 
+ATTENTION_KINDS = ("causal", "document")
+
 REFERENCE_ONLY_ARGS = (
     "val_split_fraction",
     "fast_dev_run",
@@ -80,6 +82,14 @@ def check_read_fields(fields: Any) -> None:
         )
     if not isinstance(fields.log_data_metrics, bool):
         raise ValueError(f"log_data_metrics is {fields.log_data_metrics!r}; use true or false.")
+    if fields.attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention is {fields.attention!r}; use causal (LitGPT's) or document.")
+    if fields.eos_id is not None and not _whole(fields.eos_id, 0):
+        raise ValueError(
+            f"eos_id is {fields.eos_id!r}; give the id of the token that ends a document, or leave it unset."
+        )
+    if not isinstance(fields.cross_document_loss, bool):
+        raise ValueError(f"cross_document_loss is {fields.cross_document_loss!r}; use true or false.")
     if fields.global_batch_size is not None and not _whole(fields.global_batch_size, 1):
         raise ValueError(f"global_batch_size is {fields.global_batch_size!r}; set it to train.global_batch_size.")
 

@@ -28,7 +28,7 @@ from sharded_mix.mixing.stop import finished_at
 from sharded_mix.mixing.weights import MixSpec, resolve_weights
 from sharded_mix.shards import MAIN_TYPE
 from sharded_mix.streaming.cache import ChunkCache, default_cache_dir
-from sharded_mix.streaming.distributed import check_node_layout, distributed_rank_world, launcher_nodes, log_rank_zero
+from sharded_mix.streaming.distributed import distributed_rank_world, log_rank_zero, run_nodes
 from sharded_mix.streaming.identity import check_run_tokenizer
 from sharded_mix.streaming.layout import (
     Mixture,
@@ -45,6 +45,7 @@ from sharded_mix.streaming.layout import (
 )
 from sharded_mix.streaming.stream import MixtureLoader, ReadOptions, training_loader
 from sharded_mix.streaming.validation import validation_loader
+from sharded_mix.training.attention import document_training
 from sharded_mix.training.data_metrics import DataMetrics
 
 logger = logging.getLogger(__name__)
@@ -169,6 +170,14 @@ class ShardedMixedDataset(DataModule):
     stages), ``data/share/<id>`` (realised share of the current stage), ``data/target/<id>`` (its weight),
     ``data/epoch/<id>`` (epochs read), ``data/loss/<id>`` (mean training loss per token since the last log, all
     ranks), and ``data/stage`` with stages."""
+    attention: str = "causal"
+    """``causal`` (LitGPT's), or ``document``: under ``litgpt pretrain`` every token attends only within its document
+    (documents end at ``eos_id``), RoPE positions restart at each document, and each EOS's prediction of the next
+    document's first token is left out of the loss. Shards, order, blend and resume state are the same."""
+    eos_id: int | None = None
+    """The token that ends a document, for ``attention: document`` (default: the tokenizer's EOS)."""
+    cross_document_loss: bool = False
+    """With ``attention: document``: keep each EOS's prediction of the next document's first token in the loss."""
     val_split_fraction: float | None = None
     """Reference configs only: accepted, no effect (a WARNING names it)."""
     fast_dev_run: bool | int | None = None
@@ -232,9 +241,10 @@ class ShardedMixedDataset(DataModule):
         elif context.global_batch_size is not None and self.global_batch_size is None:
             log_rank_zero("global_batch_size %d, from train.global_batch_size", context.global_batch_size)
         self._state.context = context
-        if context.under_litgpt and self.log_data_metrics:
-            self._state.metrics = DataMetrics()
-            litgpt_bridge.attach_data_metrics(self._state.metrics)
+        documents = document_training(self.attention, self.eos_id, self.cross_document_loss, tokenizer)
+        if context.under_litgpt and (self.log_data_metrics or documents is not None):
+            self._state.metrics = DataMetrics() if self.log_data_metrics else None
+            litgpt_bridge.attach_to_training_loop(self._state.metrics, documents)
         self._state.micro_batch_size = batch_size
         self._state.tokenizer = tokenizer
         self._state.max_seq_length = max_seq_length if max_seq_length is not None else 2048
@@ -361,23 +371,12 @@ class ShardedMixedDataset(DataModule):
             restart_on_resume=self.restart_data_on_resume,
             cache=self.chunk_cache(),
             prefetch_chunks=self.prefetch_chunks,
-            nodes=self.node_count(rank, world_size),
+            nodes=run_nodes(self.nodes, self._state.context.fabric_nodes, rank, world_size),
         )
         loader = training_loader(plan, options)
         if self._state.metrics is not None:
             self._state.metrics.watch(loader, (source for stage in loader.cursor.stages for source in stage.weights))
         return loader
-
-    def node_count(self, rank: int, world_size: int) -> int:
-        """The nodes of the run: the ``nodes`` field, else the launcher's; checked against the ranks."""
-        if self.nodes is not None:
-            nodes, origin = self.nodes, "the nodes field"
-        else:
-            nodes, origin = launcher_nodes(world_size, self._state.context.fabric_nodes)
-        check_node_layout(rank, world_size, nodes)
-        if nodes > 1:
-            log_rank_zero("%d nodes (from %s): each reads its own slice of every epoch of every source", nodes, origin)
-        return nodes
 
     def val_dataloader(self) -> DataLoader:
         self.run_plan()

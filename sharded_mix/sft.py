@@ -23,9 +23,11 @@ from sharded_mix.mixing.sft_epochs import SFTEpochs
 from sharded_mix.streaming.cache import LEDGER_DIR, default_cache_dir
 from sharded_mix.streaming.checksums import VERIFY_MODES
 from sharded_mix.streaming.discovery import discover_shards
-from sharded_mix.streaming.distributed import log_rank_zero
+from sharded_mix.streaming.distributed import distributed_rank_world, log_rank_zero
 from sharded_mix.streaming.identity import check_run_tokenizer
+from sharded_mix.streaming.sft_cache import CACHE_SUBDIR, TokenCache
 from sharded_mix.streaming.sft_examples import (
+    Concatenation,
     EncodedTask,
     EpochSampler,
     Examples,
@@ -37,7 +39,16 @@ from sharded_mix.streaming.sft_examples import (
     target_tokens,
 )
 from sharded_mix.streaming.sft_files import ReplayBlocks
+from sharded_mix.streaming.sft_packing import (
+    PackedProgress,
+    PackedRows,
+    check_packing_fields,
+    pack_mixture,
+    packed_sampler,
+    packing_eos_id,
+)
 from sharded_mix.streaming.verify import ChunkVerifier
+from sharded_mix.training.attention import DocumentTraining
 from sharded_mix.training.data_metrics import DataMetrics, PlanCounts
 
 logger = logging.getLogger(__name__)
@@ -77,6 +88,15 @@ class SFTMixture(DataModule):
     long_examples: str = "truncate"
     """Examples longer than ``train.max_seq_length``: ``truncate`` (cut to it, as LitGPT does) or ``drop`` (left out
     of the pools). Setup logs how many; both are counted per task."""
+    packing: bool = False
+    """Lay whole training examples end to end in rows of ``train.max_seq_length`` tokens (which must be set), so
+    batches hold little padding. The model attends only within each example, with positions restarting there (found
+    from the EOS ending each example: an example holding EOS anywhere else is an error), and each example's first token
+    is no target, so every example's loss is its unpacked loss. Validation stays one example per row; ``data/loss``
+    is attributed to tasks token by token."""
+    packing_window: int = 1024
+    """With ``packing``: the samples packed together (best fit, longest first). Each window of this many consecutive
+    samples fills rows of its own, so the blend stays exact window by window; larger windows pad less."""
     replay_data_path: str | Path | None = None
     """Pretraining token shards (a typed base directory or one litdata directory) replayed among the tasks."""
     replay_share: float = 0.0
@@ -87,6 +107,11 @@ class SFTMixture(DataModule):
     """Seed of the draws and the epoch orders."""
     num_workers: int = 4
     """DataLoader worker processes."""
+    token_cache: str | Path | None = None
+    """Where task files are kept tokenized (default: ``sft_tokens`` in the node's cache directory,
+    ``$SHARDED_MIX_CACHE_DIR`` or ``<temp dir>/sharded_mix_cache_<uid>``). A file is tokenized once, by up to 8
+    processes (the usable cores); a run with the same file, tokenizer, prompt style and template only hashes the file
+    and maps the tokens (docs/sft.md)."""
     shuffle: bool = True
     """Reshuffle each source's examples every epoch (False: every epoch in the same order)."""
     verify_chunks: str = "first_read"
@@ -106,7 +131,7 @@ class SFTMixture(DataModule):
     epochs: SFTEpochs | None = field(default=None, init=False, repr=False)
     tasks: dict[str, EncodedTask] = field(default_factory=dict, init=False, repr=False)
     val_tasks: dict[str, EncodedTask] = field(default_factory=dict, init=False, repr=False)
-    train_dataset: MixedExamples | None = field(default=None, init=False, repr=False)
+    train_dataset: MixedExamples | PackedRows | None = field(default=None, init=False, repr=False)
     test_dataset: Examples | None = field(default=None, init=False, repr=False)
     targets: dict[str, np.ndarray | int] = field(default_factory=dict, init=False, repr=False)
     """Per source, each example's target tokens (replay: one number for every block)."""
@@ -163,6 +188,7 @@ class SFTMixture(DataModule):
                 f"epoch_size is {self.epoch_size!r}; use a whole number of samples, 1 or more (default: the tasks' "
                 "examples)."
             )
+        check_packing_fields(self.packing, self.packing_window)
         if self.num_workers < 0:
             raise ValueError(f"num_workers is {self.num_workers}; use 0 (load in the main process) or more.")
         if isinstance(self.prompt_style, str):
@@ -185,12 +211,15 @@ class SFTMixture(DataModule):
         self.batch_size = batch_size
         self.max_seq_length = -1 if max_seq_length is None else max_seq_length
         self.data_metrics = None
-        if self.log_data_metrics:
-            metrics = DataMetrics()
-            if litgpt_bridge.attach_data_metrics(metrics):
-                self.data_metrics = metrics
+        metrics = DataMetrics() if self.log_data_metrics else None
+        documents = None
+        if self.packing:  # the loss across an example boundary is masked in the labels (sft_packing.join_examples)
+            eos_id = packing_eos_id(getattr(tokenizer, "eos_id", None), self.max_seq_length)
+            documents = DocumentTraining(eos_id, cross_document_loss=True)
+        if (metrics is not None or documents is not None) and litgpt_bridge.attach_to_training_loop(metrics, documents):
+            self.data_metrics = metrics
 
-    def _encode(self, name: str, path: str) -> EncodedTask:
+    def _encode(self, name: str, path: str, cache: TokenCache, keep_records: bool) -> EncodedTask:
         return encode_task(
             name,
             path,
@@ -201,6 +230,8 @@ class SFTMixture(DataModule):
             self.max_seq_length,
             self.long_examples,
             (self.templates or {}).get(name),
+            cache,
+            keep_records,
         )
 
     def setup(self, stage: str = "") -> None:
@@ -208,10 +239,16 @@ class SFTMixture(DataModule):
         if self.tokenizer is None:
             raise RuntimeError("call connect(tokenizer, ...) before setup().")
         weights = self.task_weights or {name: None for name in self.train_files}
+        root = default_cache_dir() / CACHE_SUBDIR if self.token_cache is None else self.token_cache
+        cache = TokenCache(expand_path(root, "token_cache"), self.tokenizer)
         self.tasks = {
-            name: self._encode(name, path) for name, path in self.train_files.items() if weights.get(name, 0) != 0
+            name: self._encode(name, path, cache, keep_records=False)
+            for name, path in self.train_files.items()
+            if weights.get(name, 0) != 0
+        }  # training records are read only if LitGPT asks for one; validation ones are kept (its generation prompt)
+        self.val_tasks = {
+            name: self._encode(name, path, cache, keep_records=True) for name, path in self.val_files.items()
         }
-        self.val_tasks = {name: self._encode(name, path) for name, path in self.val_files.items()}
         pools: dict[str, Sequence[dict]] = {name: task.examples for name, task in self.tasks.items()}
         for name, task in self.tasks.items():
             if not task.examples:
@@ -239,7 +276,7 @@ class SFTMixture(DataModule):
         self.targets = {name: target_tokens(task.examples, self.ignore_index) for name, task in self.tasks.items()}
         if REPLAY_SOURCE in pools:
             self.targets[REPLAY_SOURCE] = pools[REPLAY_SOURCE].block_size - 1  # every token but the first
-        val_examples = [example for task in self.val_tasks.values() for example in task.examples]
+        val_examples = Concatenation([task.examples for task in self.val_tasks.values()])
         if not val_examples:
             raise ValueError(
                 f"val_data ({', '.join(self.val_files.values())}) holds no example; give validation examples."
@@ -248,6 +285,9 @@ class SFTMixture(DataModule):
             val_examples, [record for task in self.val_tasks.values() for record in task.records]
         )
         log_rank_zero("%s", format_sft_plan(self.epochs, blend, self.tasks, self.val_tasks, self.max_seq_length))
+        if self.packing:
+            rows = (self.tokenizer.eos_id, self.max_seq_length, self.packing_window, self.ignore_index)
+            self.train_dataset = pack_mixture(self.train_dataset, self.tasks, self.val_tasks, *rows)
 
     def _replay_blocks(self) -> ReplayBlocks:
         block_size = self.replay_block_size or self.max_seq_length
@@ -280,8 +320,12 @@ class SFTMixture(DataModule):
         instead). ``train_progress`` follows what it hands out (the ``data/`` counts)."""
         if self.train_dataset is None:
             raise RuntimeError("call connect(...) and setup() before asking for data loaders.")
-        sampler = EpochSampler(len(self.train_dataset), start)
-        self.train_progress = LoaderProgress(self.epochs, sampler, self.targets)
+        if isinstance(self.train_dataset, PackedRows):
+            sampler = packed_sampler(self.train_dataset, start, *distributed_rank_world())
+            self.train_progress = PackedProgress(sampler, self.targets)
+        else:
+            sampler = EpochSampler(len(self.train_dataset), start)
+            self.train_progress = LoaderProgress(self.epochs, sampler, self.targets)
         if self.data_metrics is not None:
             names = [*self.train_files, *([REPLAY_SOURCE] if self.replay_share > 0 else [])]
             self.data_metrics.watch(self.train_progress, names, PlanCounts(self.train_progress, names))

@@ -24,6 +24,7 @@ def imports_of(path: Path) -> set[str]:
                 f"{node.module}.{alias.name}"
                 for alias in node.names
                 if (PACKAGE.parent / node.module.replace(".", "/") / f"{alias.name}.py").exists()
+                or (PACKAGE.parent / node.module.replace(".", "/") / alias.name / "__init__.py").exists()
             )
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("sharded_mix"))
@@ -81,17 +82,23 @@ def test_only_the_bridge_touches_litgpt_internals():
         for path in PACKAGE.rglob("*.py")
         if LITGPT_INTERNALS.search(path.read_text())
     )
-    assert touching == ["sharded_mix/litgpt_bridge.py"]
+    assert touching and all(path.startswith("sharded_mix/litgpt_bridge/") for path in touching), touching
 
 
 def test_the_bridge_is_the_one_version_check():
-    bridge = (PACKAGE / "litgpt_bridge.py").read_text()
-    entry_points = ["def run_context(", "def attach_scheduled_lr(", "def pretrain_parameters("]
+    bridge = "\n".join(path.read_text() for path in sorted((PACKAGE / "litgpt_bridge").glob("*.py")))
+    entry_points = [
+        "def run_context(",
+        "def attach_scheduled_lr(",
+        "def pretrain_parameters(",
+        "def attach_to_training_loop(",
+        "def patch_document_attention(",
+    ]
     for name in entry_points:
         body = bridge.split(name, 1)[1].split("\ndef ", 1)[0]
         assert "require_supported_litgpt()" in body, name
-    others = [path for path in PACKAGE.rglob("*.py") if path.name != "litgpt_bridge.py"]
-    assert not [path for path in others if 'version("litgpt")' in path.read_text()]
+    versions = [path.name for path in PACKAGE.rglob("*.py") if 'version("litgpt")' in path.read_text()]
+    assert versions == ["version.py"]
 
 
 @pytest.mark.parametrize("module", ["sharded_mix.shards"])

@@ -1,6 +1,7 @@
 """The bridge's data-metrics hooks, in-process: what it changes in LitGPT's loop, and what it does when the loop is
 not the one it knows (one WARNING; the counts stay when only the loss call differs)."""
 
+import functools
 import logging
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ from litgpt.utils import chunked_cross_entropy
 
 from sharded_mix import litgpt_bridge
 from sharded_mix.training.data_metrics import DataMetrics
+from sharded_mix.training.row_losses import chunked_loss
 
 
 class Recorder:
@@ -21,26 +23,29 @@ class Recorder:
     def __init__(self) -> None:
         self.rows = []
 
-    def add_row_losses(self, loss_sums, tokens) -> None:
-        self.rows.append((loss_sums.tolist(), tokens.tolist()))
+    def add_token_losses(self, losses, targets) -> None:
+        self.rows.append((losses.sum(1).tolist(), targets.sum(1).tolist()))
 
     def values(self, all_reduce) -> dict:
         return {"data/samples/a": 3}
 
 
-def connect_from_litgpt(metrics) -> Fabric:
+def connect_from_litgpt(metrics, documents=None) -> Fabric:
     """Call the bridge as ``litgpt pretrain`` reaches it: with ``fabric`` and ``train`` among its callers' locals."""
     fabric = Fabric(accelerator="cpu", devices=1)
     train = TrainArgs()  # noqa: F841  (read from this frame by the bridge)
-    litgpt_bridge.attach_data_metrics(metrics)
+    litgpt_bridge.attach_to_training_loop(metrics, documents)
     return fabric
 
 
 @pytest.fixture
 def loop(monkeypatch):
     """LitGPT's module attributes the bridge replaces, restored afterwards."""
+    from sharded_mix.litgpt_bridge import loops
+
     monkeypatch.setattr(pretrain, "fit", pretrain.fit)
     monkeypatch.setattr(pretrain, "chunked_cross_entropy", chunked_cross_entropy)
+    monkeypatch.setattr(loops, "_loop_hooks", dict.fromkeys(loops._loop_hooks))
     return pretrain
 
 
@@ -61,7 +66,7 @@ def test_the_expected_loop_gets_data_metrics_and_per_row_losses(loop):
     with torch.no_grad():  # validation: nothing recorded
         loop.chunked_cross_entropy(logits, targets)
     assert len(recorder.rows) == 1
-    assert loop.fit.__name__ == "fit_then_summarise"  # logs the summary when LitGPT's loop returns
+    assert loop.fit.__name__ == "fit_with_hooks"  # logs the summary when LitGPT's loop returns
 
 
 def test_another_loss_call_keeps_the_counts_and_warns_once(loop, caplog):
@@ -108,7 +113,7 @@ def test_the_loss_with_row_losses_is_litgpts_loss_bit_for_bit(shape):
         call = lambda loss: loss(litgpt_chunks(logits), labels[..., 1:])  # noqa: E731
         targets = labels[..., 1:]
     recorder = Recorder()
-    wrapped = litgpt_bridge._loss_with_row_losses(chunked_cross_entropy, lambda: recorder)
+    wrapped = functools.partial(chunked_loss, chunked_cross_entropy, on_tokens=recorder.add_token_losses)
     expected = call(chunked_cross_entropy)
     (expected_grad,) = torch.autograd.grad(expected, logits)
     loss = call(wrapped)
@@ -155,7 +160,7 @@ def test_finetune_loops_get_per_task_metrics_and_losses(finetune):
     fabric = Fabric(accelerator="cpu", devices=1)
     train = TrainArgs(global_batch_size=4, micro_batch_size=4, max_seq_length=300)
     train_loader, val_loader = loop.get_dataloaders(fabric, data, tokenizer, train)  # connects the data module
-    assert data.data_metrics is not None and loop.fit.__name__ == "fit_then_summarise"
+    assert data.data_metrics is not None and loop.fit.__name__ == "fit_with_hooks"
     sent = []
     fabric._loggers = [SimpleNamespace(log_metrics=lambda metrics, step: sent.append(metrics))]
     batch = next(iter(train_loader))
@@ -208,7 +213,31 @@ def test_a_finetune_loop_the_bridge_does_not_know_gets_one_warning(caplog):
     unknown = type(get_dataloaders)(get_dataloaders.__code__, vars(legacy))
     fabric = Fabric(accelerator="cpu", devices=1)
     with caplog.at_level(logging.WARNING, logger="sharded_mix"):
-        assert unknown(fabric, TrainArgs(), litgpt_bridge.attach_data_metrics, DataMetrics()) is False
+        assert unknown(fabric, TrainArgs(), litgpt_bridge.attach_to_training_loop, DataMetrics()) is False
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and "litgpt finetune_lora_legacy is none of pretrain, finetune_full" in warnings[0]
     assert fabric.log_dict.__name__ == "log_dict"
+
+
+def test_document_attention_leaves_each_eos_prediction_out_of_the_loop_loss(loop, monkeypatch):
+    from litgpt import GPT, Config
+
+    from sharded_mix.litgpt_bridge import loops
+    from sharded_mix.training.attention import DocumentTraining, document_layout
+
+    recorder = Recorder()
+    connect_from_litgpt(recorder, DocumentTraining(eos_id=0))
+    torch.manual_seed(0)
+    model = GPT(Config.from_name("pythia-14m", n_layer=1, padded_vocab_size=64, vocab_size=64, block_size=16))
+    patch = litgpt_bridge.patch_document_attention(model, functools.partial(document_layout, eos_id=0))
+    monkeypatch.setitem(loops._loop_hooks, "patch", patch)
+    idx = torch.tensor([[5, 0, 7, 8, 0, 9], [0, 1, 2, 3, 4, 5]])
+    targets = torch.randint(1, 64, (2, 6))
+    logits = model(idx)
+    kept = idx != 0
+    expected = torch.nn.functional.cross_entropy(logits[kept], targets[kept])
+    assert torch.allclose(loop.chunked_cross_entropy(logits, targets), expected)
+    assert recorder.rows[-1][1] == kept.sum(1).tolist()  # data/loss counts the same target tokens
+    other = logits.detach().clone()  # not the patched model's output (e.g. LitGPT's FLOP count): nothing left out
+    assert torch.equal(loop.chunked_cross_entropy(other, targets), chunked_cross_entropy(other, targets))
+    patch.undo()

@@ -65,8 +65,10 @@ class SFTEpochs:
         self.slot = np.zeros(epoch_size, dtype=np.int64)  # rank of each position among its source's positions
         self.per_epoch: dict[str, int] = {}
         self.draws: dict[str, np.ndarray] = {}
+        self.positions: dict[str, np.ndarray] = {}
+        """Per source, its positions in every epoch (in order: its slots)."""
         for index, source in enumerate(self.sources):
-            positions = np.flatnonzero(self.source_index == index)
+            positions = self.positions[source] = np.flatnonzero(self.source_index == index)
             self.slot[positions] = np.arange(len(positions))
             self.per_epoch[source] = len(positions)
             self.draws[source] = source_draws(pools[source], len(positions), seed, source)
@@ -86,6 +88,17 @@ class SFTEpochs:
         if self.shuffle:
             slot = int(self._epoch_order(source, epoch)[slot])
         return source, int(self.draws[source][slot])
+
+    def epoch_examples(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every position of epoch ``epoch``: its source (index into ``sources``; the array is shared, do not change
+        it) and its example, as ``example`` gives them, one array operation per source."""
+        if epoch < 0:
+            raise IndexError(f"epoch {epoch} is negative")
+        examples = np.empty(self.epoch_size, dtype=np.int64)
+        for source in self.sources:
+            slots = self._epoch_order(source, int(epoch)) if self.shuffle else slice(None)
+            examples[self.positions[source]] = self.draws[source][slots]
+        return self.source_index, examples
 
     def _epoch_order(self, source: str, epoch: int) -> np.ndarray:
         cached = self._orders.get(source)

@@ -93,3 +93,15 @@ def from_rank_zero(compute: Callable[[], T]) -> T:
         _, message, is_value_error = box[0]
         raise (ValueError if is_value_error else RuntimeError)(f"{message} (raised on rank 0)")
     return box[0][1]
+
+
+def run_nodes(nodes_field: int | None, fabric_nodes: int | None, rank: int, world_size: int) -> int:
+    """The nodes of the run: the data module's ``nodes`` field, else the launcher's; checked against the ranks."""
+    if nodes_field is not None:
+        nodes, origin = nodes_field, "the nodes field"
+    else:
+        nodes, origin = launcher_nodes(world_size, fabric_nodes)
+    check_node_layout(rank, world_size, nodes)
+    if nodes > 1:
+        log_rank_zero("%d nodes (from %s): each reads its own slice of every epoch of every source", nodes, origin)
+    return nodes

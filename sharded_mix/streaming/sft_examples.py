@@ -1,6 +1,6 @@
-"""SFT examples: task files encoded with LitGPT's ``SFTDataset`` (length policy applied), the mixed epochs as a
-``Dataset``, the sampler that restarts them at a sample, and the training loader that tells its ``LoaderProgress``
-the task of every row it hands out."""
+"""SFT examples: task files encoded as LitGPT's ``SFTDataset`` encodes them (through the token cache, length policy
+applied on read), the mixed epochs as a ``Dataset``, the sampler that restarts them at a sample, and the training
+loader that tells its ``LoaderProgress`` the task of every row it hands out."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from litgpt.data import SFTDataset
 from litgpt.prompts import PromptStyle
 from litgpt.tokenizer import Tokenizer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from sharded_mix.mixing.sft_epochs import SFTEpochs
-from sharded_mix.streaming.sft_files import apply_template, read_records
+from sharded_mix.streaming.cache import default_cache_dir
+from sharded_mix.streaming.sft_cache import CACHE_SUBDIR, TokenCache
+from sharded_mix.streaming.sft_tokens import TaskExamples, TaskRecords, templated_records
 
 logger = logging.getLogger(__name__)
 
@@ -27,27 +28,32 @@ TASKS = "tasks"
 
 @dataclass(frozen=True)
 class EncodedTask:
-    """One task file's records and their encodings (``input_ids``, ``labels``, ``token_counts``), length policy
-    applied."""
+    """One task file's kept examples (``TaskExamples``: dicts of ``input_ids``, ``labels``, ``token_counts`` read
+    lazily, and per-example arrays), their records (a list, or ``TaskRecords`` read on first use), and the counts of
+    the length policy."""
 
     name: str
     path: str
-    records: list[dict]
-    examples: list[dict]
+    records: Sequence[dict]
+    examples: TaskExamples
     truncated: int = 0
     dropped: int = 0
     without_targets: int = 0
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """Per kept example, its tokens (int64, length policy applied)."""
+        return self.examples.lengths
 
-def fit_length(example: dict, max_seq_length: int) -> dict:
-    """``example`` cut to ``max_seq_length`` tokens, as LitGPT's ``SFTDataset`` cuts it."""
-    input_ids, labels = example["input_ids"][:max_seq_length], example["labels"][:max_seq_length]
-    counts = example["token_counts"]
-    return {
-        "input_ids": input_ids,
-        "labels": labels,
-        "token_counts": {"raw": min(counts["raw"], len(input_ids)), "raw_plus_prompt_template": len(input_ids)},
-    }
+    @property
+    def prompt_lengths(self) -> np.ndarray:
+        """Per kept example, its prompt's tokens (int64, at most its length): masked under ``mask_prompt``."""
+        return self.examples.prompt_lengths
+
+    @property
+    def target_tokens(self) -> np.ndarray:
+        """Per kept example, labels after the first that are not ``ignore_index`` (int64)."""
+        return self.examples.targets
 
 
 def encode_task(
@@ -60,30 +66,35 @@ def encode_task(
     max_seq_length: int = -1,
     long_examples: str = "truncate",
     template: dict[str, str] | None = None,
+    cache: TokenCache | None = None,
+    keep_records: bool = True,
 ) -> EncodedTask:
-    """Read, template and tokenize a task file with LitGPT's ``SFTDataset``; examples longer than ``max_seq_length``
-    (-1: no limit) are cut to it (``truncate``) or left out (``drop``)."""
-    records = apply_template(read_records(path), template, f"task {name!r} ({path})")
-    dataset = SFTDataset(records, tokenizer, prompt_style, -1, mask_prompt, ignore_index)
-    kept, examples, truncated, dropped, without_targets = [], [], 0, 0, 0
-    for index in range(len(dataset)):
-        example = dataset[index]
-        if 0 < max_seq_length < len(example["input_ids"]):
-            if long_examples == "drop":
-                dropped += 1
-                continue
-            example = fit_length(example, max_seq_length)
-            truncated += 1
-        if not bool((example["labels"][1:] != ignore_index).any()):
-            without_targets += 1
-        examples.append(example)
-        kept.append(records[index])
-    return EncodedTask(name, str(path), kept, examples, truncated, dropped, without_targets)
+    """A task file's examples as LitGPT's ``SFTDataset`` encodes them, tokenized once into ``cache`` (default: under
+    the node's cache directory) and read from it; examples longer than ``max_seq_length`` (-1: no limit) are cut to
+    it (``truncate``) or left out (``drop``). ``keep_records``: the kept records as a list (else read on first use)."""
+    cache = cache or TokenCache(default_cache_dir() / CACHE_SUBDIR, tokenizer)
+    where = f"task {name!r} ({path})"
+    read: list[list[dict]] = []
+
+    def records() -> list[dict]:
+        if not read:
+            read.append(templated_records(path, template, where))
+        return read[0]
+
+    entry = cache.load(path, prompt_style, template, records, f"task {name!r}")
+    examples = TaskExamples(entry, mask_prompt, ignore_index, max_seq_length, long_examples)
+    if keep_records:
+        kept: Sequence[dict] = [records()[index] for index in examples.indices.tolist()]
+    else:
+        kept = TaskRecords(path, template, where, examples.indices)
+    return EncodedTask(name, str(path), kept, examples, examples.truncated, examples.dropped, examples.without_targets)
 
 
 def target_tokens(examples: Sequence[dict], ignore_index: int) -> np.ndarray:
     """Per example, the tokens its loss is taken over: labels after the first (LitGPT's loops shift the targets by
-    one) that are not ``ignore_index``."""
+    one) that are not ``ignore_index`` (a task's ``TaskExamples`` has them already)."""
+    if isinstance(examples, TaskExamples) and examples.ignore_index == ignore_index:
+        return examples.targets
     return np.fromiter(
         (int((example["labels"][1:] != ignore_index).sum()) for example in examples),
         dtype=np.int64,
@@ -91,10 +102,31 @@ def target_tokens(examples: Sequence[dict], ignore_index: int) -> np.ndarray:
     )
 
 
+class Concatenation(Sequence):
+    """Sequences one after the other (the validation tasks' examples)."""
+
+    def __init__(self, parts: Sequence[Sequence]) -> None:
+        self.parts = list(parts)
+        self.starts = np.cumsum([0, *map(len, self.parts)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} of {len(self)}")
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.parts[part][index - int(self.starts[part])]
+
+
 class MixedExamples(Dataset):
     """Sample ``s`` of the mixture (any ``s >= 0``: epoch ``s // len(self)``); ``len``: the epoch size."""
 
-    def __init__(self, epochs: SFTEpochs, pools: dict[str, Sequence[dict]], records: list[dict]) -> None:
+    def __init__(self, epochs: SFTEpochs, pools: dict[str, Sequence[dict]], records: Sequence[dict]) -> None:
         self.epochs, self.pools = epochs, pools
         self.task = {source: index for index, source in enumerate(epochs.sources)}
         self.data = records  # what LitGPT picks a generation example from
@@ -111,7 +143,7 @@ class MixedExamples(Dataset):
 class Examples(Dataset):
     """Encoded examples, in order (validation)."""
 
-    def __init__(self, examples: list[dict], records: list[dict]) -> None:
+    def __init__(self, examples: Sequence[dict], records: Sequence[dict]) -> None:
         self.examples, self.data = examples, records
 
     def __len__(self) -> int:
@@ -141,14 +173,16 @@ class EpochSampler(Sampler[int]):
 
 
 class TaskCollate:
-    """LitGPT's SFT collate, adding ``tasks``: each row's source index (picklable for DataLoader workers)."""
+    """LitGPT's SFT collate, adding ``tasks``: each row's source index, or for packed rows each token's (picklable
+    for DataLoader workers)."""
 
     def __init__(self, collate: Callable[[list[dict]], dict]) -> None:
         self.collate = collate
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = self.collate(samples)
-        batch[TASKS] = torch.tensor([sample["task"] for sample in samples], dtype=torch.int64)
+        tasks = [sample["task"] for sample in samples]
+        batch[TASKS] = torch.stack(tasks) if isinstance(tasks[0], torch.Tensor) else torch.tensor(tasks)
         return batch
 
 
@@ -244,5 +278,5 @@ class SFTLoader(DataLoader):
                 if not started:
                     self.progress.start_pass(self.sampler)
                     started = True
-                self.progress.hand_out(tasks.tolist())
+                self.progress.hand_out(tasks.tolist() if tasks.dim() == 1 else tasks)  # packed rows: per token
             yield batch

@@ -22,8 +22,8 @@ def is_task_file(path: str | Path) -> bool:
     return Path(path).suffix in TASK_SUFFIXES
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """The records of a ``.json`` file (a list of objects) or a ``.jsonl`` file (one object a line)."""
+def check_task_file(path: str | Path) -> Path:
+    """``path``, when it is an existing ``.json`` or ``.jsonl`` file; else the error that says so."""
     path = Path(path)
     if path.suffix not in TASK_SUFFIXES:
         raise ValueError(
@@ -31,6 +31,12 @@ def read_records(path: str | Path) -> list[dict]:
         )
     if not path.is_file():
         raise FileNotFoundError(f"task file {str(path)!r} does not exist; check the path.")
+    return path
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a ``.json`` file (a list of objects) or a ``.jsonl`` file (one object a line)."""
+    path = check_task_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

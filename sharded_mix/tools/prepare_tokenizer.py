@@ -13,10 +13,8 @@ from typing import Any
 
 import torch
 
+from sharded_mix.streaming.encoding import UINT16_VOCAB_LIMIT, TokenizerSpec
 from sharded_mix.streaming.identity import vocab_fingerprint, vocab_size_with_added
-from sharded_mix.tools.prepare_workers import TokenizerSpec
-
-UINT16_VOCAB_LIMIT = 2**16
 
 
 def load_tokenizer(tokenizer_dir: Path) -> Any:

@@ -1,9 +1,9 @@
 """The engine of `sharded-mix prepare`: work items → TokensLoader chunk files, in worker processes.
 
-Each item is read, filtered, split train/val by document, tokenized in batches (HF ``encode_batch``) and written
-as chunk files ``chunk-<item>-<n>.bin`` in litdata's TokensLoader layout; the caller lists them in ``index.json``
-in item order. Workers are spawned processes that import neither torch nor litdata, and report progress
-(documents, tokens) through a queue.
+Each item is read, filtered, split train/val by document, tokenized in batches (``streaming.encoding``: HF
+``encode_batch``) and written as chunk files ``chunk-<item>-<n>.bin`` in litdata's TokensLoader layout; the caller
+lists them in ``index.json`` in item order. Workers are spawned processes that import neither torch nor litdata,
+and report progress (documents, tokens) through a queue.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from sharded_mix.streaming.checksums import new_hasher
+from sharded_mix.streaming.encoding import TokenizerSpec, encoder_for
 from sharded_mix.tools.documents import RECORD, part_file
 from sharded_mix.tools.prepare_inputs import Piece, iter_piece_records
 from sharded_mix.tools.records import RecordFormat
@@ -30,27 +31,6 @@ from sharded_mix.tools.records import RecordFormat
 BATCH_CHARS = 1_000_000
 BATCH_DOCS = 1024
 HEADER_ITEM_BYTES = 4
-
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    """What a worker needs to tokenize exactly like litgpt's ``Tokenizer.encode(text, eos=True)``."""
-
-    backend: str
-    model_file: str
-    eos_id: int
-    bos_id: int | None
-    use_bos: bool
-    dtype: str
-
-    def load(self) -> Any:
-        if self.backend == "huggingface":
-            from tokenizers import Tokenizer
-
-            return Tokenizer.from_file(self.model_file)
-        from sentencepiece import SentencePieceProcessor
-
-        return SentencePieceProcessor(model_file=self.model_file)
 
 
 @dataclass(frozen=True)
@@ -186,49 +166,9 @@ class ChunkWriter:
         self.pending, self.pending_bytes = [], 0
 
 
-class _Encoder:
-    """Batches of texts → EOS-terminated token arrays, as litgpt's ``Tokenizer.encode(text, eos=True)``."""
-
-    def __init__(self, spec: TokenizerSpec) -> None:
-        self.spec = spec
-        self.processor = spec.load()
-        self.dtype = np.dtype(spec.dtype)
-        if spec.backend == "huggingface":
-            self._batch = getattr(self.processor, "encode_batch_fast", self.processor.encode_batch)
-        else:
-            self._batch = None
-
-    def encode(self, texts: list[str]) -> list[np.ndarray]:
-        if self._batch is not None:
-            id_lists = [encoding.ids for encoding in self._batch(texts)]
-        else:
-            id_lists = self.processor.encode(texts)
-        return [np.asarray(self._finish(ids), dtype=self.dtype) for ids in id_lists]
-
-    def _finish(self, ids: list[int]) -> list[int]:
-        spec = self.spec
-        if spec.use_bos:
-            if not ids or ids[0] != spec.bos_id:
-                ids = [spec.bos_id, *ids]
-        elif ids and spec.bos_id is not None and ids[0] == spec.bos_id:
-            ids = ids[1:]
-        if not ids or ids[-1] != spec.eos_id:
-            ids.append(spec.eos_id)
-        return ids
-
-
-_ENCODERS: dict[TokenizerSpec, _Encoder] = {}
-
-
-def _encoder(spec: TokenizerSpec) -> _Encoder:
-    if spec not in _ENCODERS:
-        _ENCODERS[spec] = _Encoder(spec)
-    return _ENCODERS[spec]
-
-
 def tokenize_item(task: ItemTask, job: JobSpec, report: Callable[[int, int], None]) -> ItemResult:
     """Write one item's documents as chunk files; returns what was written, per split."""
-    encoder = _encoder(job.tokenizer)
+    encoder = encoder_for(job.tokenizer)
     train = ChunkWriter(job.train_dir, task.index, job.tokenizer.dtype, job.chunk_bytes)
     val = ChunkWriter(job.val_dir, task.index, job.tokenizer.dtype, job.chunk_bytes) if job.val_dir else None
     batch: list[str] = []
@@ -238,7 +178,7 @@ def tokenize_item(task: ItemTask, job: JobSpec, report: Callable[[int, int], Non
     def flush() -> None:
         nonlocal chars
         tokens = 0
-        for (writer, slot, record), ids in zip(routes, encoder.encode(batch)):
+        for (writer, slot, record), ids in zip(routes, encoder.encode(batch, eos=True, keep_final_eos=True)):
             writer.add(ids, slot, record)
             tokens += len(ids)
         report(len(batch), tokens)

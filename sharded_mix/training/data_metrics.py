@@ -178,6 +178,22 @@ class DataMetrics:
         self._window = None
         self._attributed = None
 
+    def add_token_losses(self, losses: torch.Tensor, targets: torch.Tensor) -> None:
+        """The (B, T) per-token losses and target mask of the micro-batch the loader handed out last: by token when
+        its rows hold several sources (packed SFT rows: the loader's ``last_token_sources``, (B, ≥ T) source indices,
+        -1 for padding, aligned on the right with the targets, which LitGPT's finetune loops shift by one), else by
+        row (``add_row_losses``)."""
+        token_sources = getattr(self.loader, "last_token_sources", None)
+        if token_sources is None or token_sources.shape[0] != losses.shape[0] or self.loader.last_rows is None:
+            self.add_row_losses(losses.sum(1), targets.sum(1))
+            return
+        ids = self.loader.last_rows[0]
+        sources = token_sources[:, -losses.shape[1] :].to(losses.device)
+        counted = targets & (sources >= 0)
+        lookup = torch.tensor([self._index[source] for source in ids], device=losses.device)
+        self._add(lookup[sources[counted]], losses[counted], torch.ones_like(losses[counted]))
+        self._attributed = self.loader.last_rows
+
     def add_row_losses(self, loss_sums: torch.Tensor, tokens: torch.Tensor) -> None:
         """Per-row loss sums and target token counts of the micro-batch the loader handed out last."""
         if self.loader is None or self.loader.last_rows is None:
@@ -187,10 +203,13 @@ class DataMetrics:
             return  # not the loader's batch (a caller cut or joined rows): nothing to attribute
         self._attributed = self.loader.last_rows
         rows = torch.tensor([self._index[ids[index]] for index in sources], device=loss_sums.device)
-        if self._window is None or self._window.device != loss_sums.device:
-            self._window = torch.zeros(2, len(self.ids), dtype=torch.float64, device=loss_sums.device)
-        self._window[0].index_add_(0, rows, loss_sums.detach().to(torch.float64))
-        self._window[1].index_add_(0, rows, tokens.detach().to(torch.float64))
+        self._add(rows, loss_sums, tokens)
+
+    def _add(self, sources: torch.Tensor, losses: torch.Tensor, tokens: torch.Tensor) -> None:
+        if self._window is None or self._window.device != losses.device:
+            self._window = torch.zeros(2, len(self.ids), dtype=torch.float64, device=losses.device)
+        self._window[0].index_add_(0, sources, losses.detach().to(torch.float64))
+        self._window[1].index_add_(0, sources, tokens.detach().to(torch.float64))
 
     def log_summary(self, trained_micro_batches: int | None) -> None:
         """The per-source summary of the run, logged on rank zero at the end of LitGPT's loop, which may fetch one

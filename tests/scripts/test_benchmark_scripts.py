@@ -89,3 +89,23 @@ def test_integrity_benchmark_quick_run_completes(tmp_path):
     passes = json.loads(out.read_text())["workers"]["0"]
     assert set(passes) == {"local_first", "local_later", "remote_cold"}
     assert all(found["on_s"] > 0 and found["off_s"] > 0 for found in passes.values())
+
+
+def test_sft_benchmark_small_run_completes(tmp_path):
+    out = tmp_path / "sft.json"
+    args = ["--sizes", "200,1000", "--num-workers", "0", "--repeats", "1", "--vocab-size", "2000"]
+    args += ["--packed-steps", "4", "--packed-warmup", "1", "--packed-pairs", "1", "--packed-seq-length", "128"]
+    run_benchmark("bench_sft.py", *args, "--data-dir", str(tmp_path / "data"), "--json", str(out))
+    results = json.loads(out.read_text())
+    assert set(results["cold"]) == {"200", "1000"} and all(row["tokens_per_s"] > 0 for row in results["cold"].values())
+    warm = results["warm"]["1000/0"]
+    assert warm["ours"]["total_s"] > 0 and warm["json"]["total_s"] > 0 and warm["ours"]["rss_mib"] > 0
+    packed = results["packed"]
+    assert packed["padded_tokens_s"] > 0 and packed["packed_tokens_s"] > 0 and packed["packed_padding"] < 0.5
+
+
+def test_document_attention_benchmark_quick_run_completes(tmp_path):
+    out = tmp_path / "document_attention.json"
+    run_benchmark("bench_document_attention.py", "--quick", "--json", str(out))
+    results = json.loads(out.read_text())
+    assert results["causal_tokens_s"] > 0 and results["document_tokens_s"] > 0 and len(results["pairs"]) == 1
