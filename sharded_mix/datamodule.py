@@ -242,7 +242,7 @@ class ShardedMixedDataset(DataModule):
             log_rank_zero("global_batch_size %d, from train.global_batch_size", context.global_batch_size)
         self._state.context = context
         documents = document_training(self.attention, self.eos_id, self.cross_document_loss, tokenizer)
-        if context.under_litgpt and (self.log_data_metrics or documents is not None):
+        if context.under_litgpt:
             self._state.metrics = DataMetrics() if self.log_data_metrics else None
             litgpt_bridge.attach_to_training_loop(self._state.metrics, documents)
         self._state.micro_batch_size = batch_size

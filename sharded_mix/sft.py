@@ -216,7 +216,7 @@ class SFTMixture(DataModule):
         if self.packing:  # the loss across an example boundary is masked in the labels (sft_packing.join_examples)
             eos_id = packing_eos_id(getattr(tokenizer, "eos_id", None), self.max_seq_length)
             documents = DocumentTraining(eos_id, cross_document_loss=True)
-        if (metrics is not None or documents is not None) and litgpt_bridge.attach_to_training_loop(metrics, documents):
+        if litgpt_bridge.attach_to_training_loop(metrics, documents):
             self.data_metrics = metrics
 
     def _encode(self, name: str, path: str, cache: TokenCache, keep_records: bool) -> EncodedTask:

@@ -84,3 +84,18 @@ def scenario(tmp_path):
     write_source(tmp_path, "main/1", 1, 1206 * BLOCK, doc_tokens=BLOCK)
     write_source(tmp_path, "m1", 2, 181 * BLOCK, doc_tokens=BLOCK)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    """A tiny byte-level BPE that knows the alpaca prompt's words (the SFT tests'; modules may define their own)."""
+    from litgpt.tokenizer import Tokenizer
+
+    from sharded_mix.tools.demo import train_tokenizer
+
+    texts = [
+        "Below is an instruction that describes a task. Write a response. ### Instruction: ### Response:",
+        "add two numbers and say the answer is four",
+        "what is the capital of france paris",
+    ] * 20
+    return Tokenizer(train_tokenizer(texts, 300, tmp_path_factory.mktemp("tok")))

@@ -2,6 +2,7 @@
 not the one it knows (one WARNING; the counts stay when only the loss call differs)."""
 
 import functools
+import inspect
 import logging
 from types import SimpleNamespace
 
@@ -142,6 +143,7 @@ def finetune(request, monkeypatch, tmp_path):
     loop = importlib.import_module(f"litgpt.finetune.{request.param}")
     monkeypatch.setattr(loop, "fit", loop.fit)
     monkeypatch.setattr(loop, "chunked_cross_entropy", chunked_cross_entropy)
+    monkeypatch.setattr(loop, "get_longest_seq_length", loop.get_longest_seq_length)
     texts = ["Below is an instruction that describes a task. ### Instruction: ### Response:", "math chat"] * 20
     tokenizer = Tokenizer(train_tokenizer(texts, 300, tmp_path / "tok"))
     files = {}
@@ -241,3 +243,18 @@ def test_document_attention_leaves_each_eos_prediction_out_of_the_loop_loss(loop
     other = logits.detach().clone()  # not the patched model's output (e.g. LitGPT's FLOP count): nothing left out
     assert torch.equal(loop.chunked_cross_entropy(other, targets), chunked_cross_entropy(other, targets))
     patch.undo()
+
+
+@pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.parametrize("finetune", FINETUNE_LOOPS, indirect=True)
+def test_the_longest_example_is_found_from_the_lengths_without_reading_every_example(finetune, packing):
+    from torch.utils.data import ConcatDataset
+
+    loop, data, tokenizer = finetune
+    data.packing = packing
+    fabric = Fabric(accelerator="cpu", devices=1)  # noqa: F841  (read from this frame by the bridge)
+    train = TrainArgs(global_batch_size=4, micro_batch_size=4, max_seq_length=300)
+    train_loader, val_loader = loop.get_dataloaders(fabric, data, tokenizer, train)
+    both = ConcatDataset([train_loader.dataset, val_loader.dataset])
+    assert loop.get_longest_seq_length.__name__ == "longest_known_length"
+    assert loop.get_longest_seq_length(both) == inspect.unwrap(loop.get_longest_seq_length)(both)  # LitGPT's own

@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_source, write_token_shard
-from litgpt.tokenizer import Tokenizer
 
 from sharded_mix import SFTMixture
 from sharded_mix.data_config import parse_weights
 from sharded_mix.mixing.sft_epochs import SFTEpochs, source_draws
 from sharded_mix.sft import REPLAY_SOURCE
 from sharded_mix.streaming.sft_files import apply_template, read_records
-from sharded_mix.tools.demo import train_tokenizer
 
 
 def test_every_prefix_of_an_epoch_follows_the_blend_within_one_sample():
@@ -83,16 +81,6 @@ def test_task_files_json_jsonl_and_templates(tmp_path):
     assert parse_weights("gsm8k:0.7, lima:0.3") == {"gsm8k": 0.7, "lima": 0.3}
     with pytest.raises(ValueError, match="'gsm8k' is not NAME:WEIGHT"):
         parse_weights("gsm8k")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory) -> Tokenizer:
-    texts = [
-        "Below is an instruction that describes a task. Write a response. ### Instruction: ### Response:",
-        "add two numbers and say the answer is four",
-        "what is the capital of france paris",
-    ] * 20
-    return Tokenizer(train_tokenizer(texts, 300, tmp_path_factory.mktemp("tok")))
 
 
 def write_task(path: Path, count: int, tag: str, long_every: int = 0) -> Path:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from sharded_mix.litgpt_bridge.attention import patch_document_attention
 from sharded_mix.litgpt_bridge.run import _pretrain_main
 from sharded_mix.litgpt_bridge.version import SUPPORTED_RANGE, _calling_local, require_supported_litgpt
@@ -124,7 +126,12 @@ def attach_to_training_loop(metrics=None, documents=None) -> bool:
     name, loop = _running_loop()
     if fabric is None or loop is None or _calling_local("train", TrainArgs) is None:
         return False
-    installed = require_supported_litgpt()
+    try:
+        installed = require_supported_litgpt()
+    except RuntimeError:
+        if metrics is None and documents is None:  # nothing asked of this loop
+            return False
+        raise
     command = name.removeprefix("litgpt.").replace("finetune.", "finetune_")
     expected = TRAINING_LOOPS.get(name)
     source = "" if expected is None else inspect.getsource(inspect.unwrap(loop.fit))
@@ -218,6 +225,18 @@ def _wrap_loop(loop, fabric, expected: TrainingLoop, loss_known: bool) -> None:
 
     fit_with_hooks.__wrapped__ = fit
     loop.fit = fit_with_hooks  # `main` calls it by its module name, after the data module is connected
+    longest = inspect.unwrap(getattr(loop, "get_longest_seq_length", None) or (lambda data: None))
+    if 'lengths = [len(d["input_ids"]) for d in data]' in inspect.getsource(longest):
+
+        def longest_known_length(data):  # the finetune loops' fit reads every example once to size the model
+            lengths = item_lengths(data)
+            if lengths is None:
+                return longest(data)
+            index = int(np.argmax(lengths))
+            return int(lengths[index]), index
+
+        longest_known_length.__wrapped__ = longest
+        loop.get_longest_seq_length = longest_known_length
     if not loss_known:
         return
 
@@ -230,6 +249,15 @@ def _wrap_loop(loop, fabric, expected: TrainingLoop, loss_known: bool) -> None:
 
     loss.__wrapped__ = utils.chunked_cross_entropy
     loop.chunked_cross_entropy = loss
+
+
+def item_lengths(data) -> Any:
+    """The length of every item of ``data`` (a ``ConcatDataset`` of datasets with ``item_lengths()``, as
+    ``len(item["input_ids"])``) without reading the items; None when a part cannot say."""
+    parts = getattr(data, "datasets", None)
+    if not parts or not all(callable(getattr(part, "item_lengths", None)) for part in parts):
+        return None
+    return np.concatenate([np.asarray(part.item_lengths(), dtype=np.int64) for part in parts])
 
 
 def _live(name: str) -> Any:

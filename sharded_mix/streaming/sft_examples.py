@@ -134,6 +134,15 @@ class MixedExamples(Dataset):
     def __len__(self) -> int:
         return self.epochs.epoch_size
 
+    def item_lengths(self) -> np.ndarray:
+        """Each sample's tokens (``len(self[s]["input_ids"])``, epoch 0), read from the pools' lengths."""
+        sources, examples = self.epochs.epoch_examples(0)
+        lengths = np.empty(len(examples), dtype=np.int64)
+        for index, source in enumerate(self.epochs.sources):
+            at, pool = sources == index, self.pools[source]
+            lengths[at] = pool.lengths[examples[at]] if hasattr(pool, "lengths") else pool.block_size
+        return lengths
+
     def __getitem__(self, sample: int) -> dict:
         """The example, with ``task``: the index of its source in ``epochs.sources``."""
         source, index = self.epochs.example(sample)
@@ -148,6 +157,13 @@ class Examples(Dataset):
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def item_lengths(self) -> np.ndarray:
+        """Each example's tokens (``len(self[i]["input_ids"])``)."""
+        parts = getattr(self.examples, "parts", [self.examples])
+        if all(hasattr(part, "lengths") for part in parts):
+            return np.concatenate([part.lengths for part in parts]).astype(np.int64)
+        return np.array([len(example["input_ids"]) for example in self.examples], dtype=np.int64)
 
     def __getitem__(self, index: int) -> dict:
         return self.examples[index]

@@ -135,6 +135,10 @@ class PackedRows(Dataset):
     def __len__(self) -> int:
         return self.packing.rows(0)
 
+    def item_lengths(self) -> np.ndarray:
+        """Each row's tokens (all padded to the row length)."""
+        return np.full(len(self), self.packing.capacity, dtype=np.int64)
+
     def __getitem__(self, index: int) -> dict:
         epoch, number = divmod(int(index), self.packing.epochs.epoch_size)
         pools = self.examples.pools

@@ -1,4 +1,4 @@
-"""SFT task records → token arrays, as LitGPT's ``SFTDataset`` tokenizes them, in spawned worker processes.
+"""SFT task records → token arrays, as LitGPT's ``SFTDataset`` tokenizes them, in worker processes.
 
 Per record: the prompt (the prompt style applied to it; BOS as the tokenizer's ``use_bos`` says, no EOS), then the
 response (``output``; no BOS, EOS), one after the other; the prompt's length; and LitGPT's raw count: the tokens of

@@ -14,27 +14,15 @@ import torch
 from conftest import write_source
 from litgpt.config import Config
 from litgpt.model import GPT
-from litgpt.tokenizer import Tokenizer
 from litgpt.utils import CycleIterator
 
 from sharded_mix import SFTMixture
 from sharded_mix.streaming.sft_packing import PackedSampler
-from sharded_mix.tools.demo import train_tokenizer
 from sharded_mix.training.data_metrics import DataMetrics, PlanCounts
 
 IGNORE = -100
 LIMIT = 512
 TASKS = {"math": 9, "chat": 30, "code": 14}
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory) -> Tokenizer:
-    texts = [
-        "Below is an instruction that describes a task. Write a response. ### Instruction: ### Response:",
-        "add two numbers and say the answer is four",
-        "what is the capital of france paris",
-    ] * 20
-    return Tokenizer(train_tokenizer(texts, 300, tmp_path_factory.mktemp("tok")))
 
 
 def write_task(path: Path, count: int, tag: str, extra: str = "", long_every: int = 0) -> str:
