@@ -324,11 +324,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=32000)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    p.add_argument("--packed-steps", type=int, default=30, help="finetune_full steps of the packed/padded runs")
+    p.add_argument("--packed-steps", type=int, default=40, help="finetune_full steps of the packed/padded runs")
     p.add_argument("--packed-warmup", type=int, default=3, help="their first steps, left out of the rate")
     p.add_argument("--packed-batch", type=int, default=4, help="their micro-batch (= global batch)")
     p.add_argument("--packed-seq-length", type=int, default=512, help="their max_seq_length (the packed row)")
-    p.add_argument("--packed-pairs", type=int, default=2, help="padded/packed process pairs")
+    p.add_argument("--packed-pairs", type=int, default=3, help="padded/packed process pairs")
     p.add_argument("--quick", action="store_true", help="2k and 20k examples, one repeat, 6 short finetune steps")
     args = p.parse_args(argv)
     if args.quick:

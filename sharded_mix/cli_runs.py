@@ -325,6 +325,13 @@ def add_val_loss(subparsers: argparse._SubParsersAction) -> None:
         "--mask-prompt", action="store_true", help="task files: score the response tokens only (as mask_prompt)"
     )
     p.add_argument("--ignore-index", type=int, default=-100, help="task files: the label of masked tokens")
+    p.add_argument(
+        "--attention",
+        choices=("causal", "document"),
+        default="causal",
+        help="shards: document scores as attention: document trains (within documents, --eos-id or the tokenizer's)",
+    )
+    p.add_argument("--eos-id", type=int, default=None, help="with --attention document: the token ending documents")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu", help="e.g. cuda")
     p.add_argument("--json", action="store_true", help="print the losses as JSON")
@@ -376,7 +383,10 @@ def _run_val_loss(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            losses += source_losses(model, path, args.seq_len, args.max_blocks, args.batch_size, args.device)
+            eos = None if args.attention == "causal" else args.eos_id
+            if args.attention == "document" and eos is None:
+                eos = load_tokenizer(args.checkpoint).eos_id
+            losses += source_losses(model, path, args.seq_len, args.max_blocks, args.batch_size, args.device, eos)
     print(
         json.dumps([asdict(loss) for loss in losses], indent=2)
         if args.json

@@ -53,11 +53,18 @@ def source_losses(
     max_blocks: int = 64,
     batch_size: int = 8,
     device: str = "cpu",
+    eos_id: int | None = None,
 ) -> list[SourceLoss]:
-    """Mean next-token loss on the first ``max_blocks`` blocks (in order) of every shard under ``val_base``."""
+    """Mean next-token loss on the first ``max_blocks`` blocks (in order) of every shard under ``val_base``; with
+    ``eos_id``, under document attention (as ``attention: document`` trains): each EOS's prediction of the next
+    document left out."""
+    import contextlib
+
     import torch
     from litdata.streaming import StreamingDataset, TokensLoader
     from litgpt.utils import chunked_cross_entropy
+
+    from sharded_mix.training.attention import cross_document_targets, document_attention
 
     seq_len = seq_len or model.config.block_size
     block_size = seq_len + 1
@@ -69,20 +76,24 @@ def source_losses(
                 f"validation shard {shard.id!r} ({shard.path}) holds no block of {block_size} tokens; lower --seq-len."
             )
         dataset = StreamingDataset(shard.path, item_loader=TokensLoader(block_size=block_size), shuffle=False)
-        total, count = 0.0, 0
-        with torch.no_grad():
+        total, count, tokens = 0.0, 0, 0
+        documents = contextlib.nullcontext() if eos_id is None else document_attention(model, eos_id)
+        with torch.no_grad(), documents:
             for start in range(0, blocks, batch_size):
                 batch = (
                     torch.stack([torch.as_tensor(dataset[i]) for i in range(start, min(start + batch_size, blocks))])
                     .long()
                     .to(device)
                 )
-                logits = model(batch[:, :-1])
-                loss = chunked_cross_entropy(logits, batch[:, 1:], chunk_size=0)
-                total += loss.item() * batch.shape[0]
-                count += batch.shape[0]
-        mean = total / count
-        results.append(SourceLoss(shard.id, shard.type, mean, math.exp(min(mean, 50.0)), count, count * seq_len))
+                targets = batch[:, 1:]
+                if eos_id is not None:
+                    targets = targets.masked_fill(cross_document_targets(batch[:, :-1], eos_id), -100)
+                loss = chunked_cross_entropy(model(batch[:, :-1]), targets, chunk_size=0)
+                scored = int((targets != -100).sum())
+                total += loss.item() * scored
+                count, tokens = count + batch.shape[0], tokens + scored
+        mean = total / max(tokens, 1)
+        results.append(SourceLoss(shard.id, shard.type, mean, math.exp(min(mean, 50.0)), count, tokens))
     return results
 
 

@@ -86,6 +86,18 @@ def test_per_source_validation_loss(tiny_checkpoint, tmp_path, capsys):
     assert out.startswith("===== PER-SOURCE VALIDATION LOSS:") and "m1 " in out
 
 
+def test_val_loss_under_document_attention_leaves_out_each_eos_prediction(tiny_checkpoint, tmp_path, capsys):
+    val = tmp_path / "val"
+    write_token_shard(val / "c1", [np.array([3, 0] * 200)])  # two-token documents "3 EOS"; the model says 0 always
+    args = ["val-loss", str(tiny_checkpoint), str(val), "--max-blocks", "4", "--json"]
+    assert main(args) == 0
+    (causal,) = json.loads(capsys.readouterr().out)
+    assert main([*args, "--attention", "document", "--eos-id", "0"]) == 0
+    (document,) = json.loads(capsys.readouterr().out)
+    assert causal["loss"] == pytest.approx(10.0, abs=0.01) and causal["tokens"] == 64  # half the targets are 3
+    assert document["loss"] < 1e-3 and document["tokens"] == 32  # EOS → next document's 3: left out
+
+
 def test_val_loss_refuses_a_directory_without_a_model_config(tiny_checkpoint, tmp_path):
     (tiny_checkpoint / "model_config.yaml").unlink()
     assert main(["val-loss", str(tiny_checkpoint), str(tmp_path)]) == 2

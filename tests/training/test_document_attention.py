@@ -164,3 +164,29 @@ def test_the_data_module_fields(tmp_path):
         data.setup()
         batches.append([batch.tolist() for _, batch in zip(range(3), data.train_dataloader())])
     assert batches[0] == batches[1]
+
+
+@pytest.mark.parametrize("kind", ["adapter", "lora"])
+def test_finetuning_models_get_document_attention_too(kind):
+    """LoRA keeps LitGPT's attention (flex possible); the adapter's own attention gets the dense mask."""
+    import importlib
+
+    module = importlib.import_module(f"litgpt.{kind}")
+    extra = {"adapter_start_layer": 0} if kind == "adapter" else {"lora_r": 4, "lora_alpha": 8, "lora_query": True}
+    torch.manual_seed(0)
+    config = module.Config.from_name(
+        "pythia-14m", n_layer=2, n_embd=64, n_head=4, block_size=64, vocab_size=VOCAB, padded_vocab_size=VOCAB, **extra
+    )
+    model = module.GPT(config).eval()
+    if kind == "adapter":
+        for block in model.transformer.h:
+            torch.nn.init.normal_(block.attn.adapter_wte.weight)
+            block.attn.gating_factor.data.fill_(0.5)  # a prefix that counts
+    idx, layout = packed_rows()
+    with torch.no_grad():
+        with document_attention(model, EOS):
+            packed = model(idx)
+        for row, placed in enumerate(layout):
+            for start, tokens in placed:
+                alone = model(tokens[None])[0]
+                assert (packed[row, start : start + len(tokens)] - alone).abs().max().item() <= 1e-5
