@@ -185,6 +185,7 @@ def _wrap_loop(loop, fabric, expected: TrainingLoop, loss_known: bool) -> None:
     """Put the hook-consulting wrappers on the loop's ``fit``, its loss and ``fabric.log_dict`` (once each)."""
     from litgpt import utils
 
+    from sharded_mix.training.attention import cross_document_targets
     from sharded_mix.training.row_losses import chunked_loss
 
     log_dict = fabric.log_dict
@@ -243,7 +244,7 @@ def _wrap_loop(loop, fabric, expected: TrainingLoop, loss_known: bool) -> None:
     def loss(logits, targets, chunk_size: int = 128, ignore_index: int = -100):
         data_metrics, documents, patch = _live("metrics"), _loop_hooks["documents"], _loop_hooks["patch"]
         rows = None if documents is None or documents.cross_document_loss or patch is None else patch.input_of(logits)
-        left_out = None if rows is None else rows == documents.eos_id
+        left_out = None if rows is None else cross_document_targets(rows, documents.eos_id)
         on_tokens = None if data_metrics is None else data_metrics.add_token_losses
         return chunked_loss(utils.chunked_cross_entropy, logits, targets, chunk_size, ignore_index, on_tokens, left_out)
 
